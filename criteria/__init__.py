@@ -1,0 +1,1 @@
+"""Pruning criteria, one module each, behind a registry."""
