@@ -192,7 +192,7 @@ def sparsity(model: nn.Module) -> float:
     """Fraction of zero entries over the weights of all prunable layers (masked or not)."""
     total = zeros = 0
     for module in prunable_layers(model).values():
-        w = getattr(module, "weight")
+        w = module.weight
         if is_masked(module):
             kept = int(mask_of(module).sum())
         else:
