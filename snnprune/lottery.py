@@ -1,0 +1,295 @@
+"""Iterative pruning with rewinding (METHOD.md section 6, the paper's Algorithm 1).
+
+    train R epochs; save theta_rewind (parameters AND BatchNorm running statistics)
+    train to the end of the schedule (E epochs in all)
+    for round k = 1..K:
+        remove p of the remaining weights with the lowest score -> mask m_k
+        weights <- theta_rewind (pruned static weights zero; dynamic ones keep theta_rewind)
+        train N epochs with the mask held, with a fresh optimizer and schedule
+
+R = 0 rewinds to the initialisation (Frankle & Carbin). Named methods:
+
+* ``IMP``: magnitude everywhere;
+* ``SF-IMP-1``: ``prob`` in hidden layers, magnitude in the encoding layer and the classifier;
+* ``SF-IMP-2``: as SF-IMP-1 with dynamic masks on the encoding layer and the classifier;
+* ``random``: random scores (chance baseline); any registered criterion name works too.
+
+Every round ends with an atomic checkpoint ``round_XXX.pt`` (model with masks, rewind point,
+pruner state, optimizer state, RNG states, metrics). A run restarted with the same
+``checkpoint_dir`` resumes after its last finished round and, because every round is seeded from
+``(seed, round)``, ends with the same masks and metrics as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from . import checkpoint
+from .masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, sparsity
+from .pruner import Pruner
+from .train import TrainConfig, evaluate, fit
+from .utils import rng_state, set_rng_state
+
+log = logging.getLogger(__name__)
+
+METHODS: dict[str, dict[str, Any]] = {
+    "IMP": {"criterion": "magnitude"},
+    "SF-IMP-1": {"criterion": "prob"},
+    "SF-IMP-2": {"criterion": "prob", "dynamic": ("encoding", "classifier")},
+    "random": {"criterion": "random"},
+}
+
+
+def method_settings(method: str) -> dict[str, Any]:
+    """Pruner settings of a named method, or ``{"criterion": method}`` for a registered criterion."""
+    if method in METHODS:
+        return dict(METHODS[method])
+    from . import criteria
+
+    criteria.get(method)  # raises with the list of names
+    return {"criterion": method}
+
+
+@dataclass
+class LotteryConfig:
+    """Hyper-parameters of one IMP run (the experiment is named by them).
+
+    Attributes:
+        method: ``IMP``, ``SF-IMP-1``, ``SF-IMP-2``, ``random`` or a criterion name.
+        rounds: K pruning rounds.
+        rate: p, fraction of the remaining weights removed per round.
+        epochs: E, epochs of the initial (dense) training.
+        rewind_epoch: R, epoch whose weights the survivors rewind to (0: initialisation).
+        epochs_per_round: N, retraining epochs after each pruning step.
+        scope: ``layer`` or ``global``.
+        calib_batches: calibration batches for the statistics of each step.
+        train: training hyper-parameters (:class:`snnprune.train.TrainConfig`).
+        seed: base seed; round k trains with seed ``seed + k``.
+    """
+
+    method: str = "IMP"
+    rounds: int = 5
+    rate: float = 0.25
+    epochs: int = 15
+    rewind_epoch: int = 1
+    epochs_per_round: int = 10
+    scope: str = "layer"
+    calib_batches: int | None = 8
+    train: TrainConfig = field(default_factory=TrainConfig)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.train, dict):
+            self.train = TrainConfig(**self.train)
+        if self.rounds < 0:
+            raise ValueError("rounds must be >= 0")
+        if not 0.0 < self.rate < 1.0:
+            raise ValueError(f"rate must be in (0, 1), got {self.rate}")
+        if not 0 <= self.rewind_epoch <= self.epochs:
+            raise ValueError(f"rewind_epoch must be in [0, epochs={self.epochs}], got {self.rewind_epoch}")
+        if self.epochs < 1 or self.epochs_per_round < 1:
+            raise ValueError("epochs and epochs_per_round must be >= 1")
+        method_settings(self.method)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------------------- rewind points
+
+
+def snapshot(model: nn.Module) -> dict[str, Tensor]:
+    """Copy of every parameter and buffer, keyed by its unmasked name (``fc.weight``, not
+    ``fc.weight_orig``), masks left out: the rewind point theta_rewind."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.endswith("_mask"):
+            continue
+        out[key[: -len("_orig")] if key.endswith("_orig") else key] = value.detach().clone()
+    return out
+
+
+@torch.no_grad()
+def rewind(model: nn.Module, point: dict[str, Tensor]) -> None:
+    """Restore ``point`` (parameters and BN running statistics) keeping the current masks.
+
+    Static masks then zero the pruned weights again; dynamic layers keep the rewind values of
+    pruned weights, which can return when the mask is recomputed.
+    """
+    state = model.state_dict()
+    for key, value in point.items():
+        target = state.get(key + "_orig") if (key + "_orig") in state else state.get(key)
+        if target is None:
+            raise KeyError(f"rewind point has {key!r}, which the model lacks")
+        target.copy_(value)
+    for _, module in model.named_modules():
+        if is_masked(module):
+            set_mask(module, mask_of(module), dynamic=is_dynamic(module))
+
+
+# ---------------------------------------------------------------------------- the run
+
+
+@dataclass
+class LotteryResult:
+    """Per-round metrics (round 0 = dense) and the final masks."""
+
+    rounds: list[dict[str, Any]]
+    masks: dict[str, Tensor]
+    resumed_from: int | None = None
+
+
+RoundCallback = Callable[[dict[str, Any]], None]
+
+
+def run(
+    model: nn.Module,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    config: LotteryConfig,
+    *,
+    calib_loader: Iterable[Any] | None = None,
+    checkpoint_dir: str | Path | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    ddp: bool = False,
+    progress: bool | None = None,
+    on_round_end: RoundCallback | None = None,
+    pruner_options: dict[str, Any] | None = None,
+) -> LotteryResult:
+    """Run Algorithm 1 on ``model`` in place and return the per-round metrics.
+
+    Args:
+        model: a freshly initialised model (its initial weights are the R = 0 rewind point).
+        train_loader, test_loader: batches ``(x, y)``; ``calib_loader`` (default: the train loader)
+            feeds the statistics of each pruning step.
+        config: :class:`LotteryConfig`.
+        checkpoint_dir: folder for ``round_XXX.pt``; an existing run there is resumed.
+        arch, arch_kwargs: how to rebuild a non-zoo model (see :func:`snnprune.checkpoint.save`).
+        ddp: train under DistributedDataParallel (launch with torchrun); statistics all-reduce, so
+            every rank computes identical masks. Only rank 0 writes checkpoints.
+        on_round_end: called with each round's metrics dict.
+        pruner_options: extra :class:`snnprune.Pruner` keyword arguments (``exclude``, ...).
+    """
+    cfg = config
+    calib = calib_loader if calib_loader is not None else train_loader
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    settings = {**method_settings(cfg.method), **(pruner_options or {})}
+    pruner = Pruner(model, scope=cfg.scope, calib_batches=cfg.calib_batches, seed=cfg.seed,
+                    progress=progress, **settings)
+    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    train_kw = {"device": device, "ddp": ddp, "progress": progress}
+
+    history: list[dict[str, Any]] = []
+    point: dict[str, Tensor] | None = None
+    start_round = 0
+    resumed = _latest_round(folder) if folder is not None else None
+    if resumed is not None:
+        point, start_round, history = _resume(model, pruner, resumed)
+        start_round += 1
+        log.info("resuming from %s (round %d done)", resumed, start_round - 1)
+    else:
+        if folder is not None:
+            folder.mkdir(parents=True, exist_ok=True)
+        _seed_loader(train_loader, cfg.seed)
+        if cfg.rewind_epoch == 0:
+            point = snapshot(model)
+
+        def keep_rewind_point(epoch: int, _: dict[str, Any]) -> None:
+            nonlocal point
+            if epoch + 1 == cfg.rewind_epoch:
+                point = snapshot(model)
+
+        started = time.perf_counter()
+        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs, seed=cfg.seed,
+                     on_epoch_end=keep_rewind_point, **train_kw)
+        history.append(_round_record(model, test_loader, cfg, 0, epochs, started, device, pruner))
+        _finish_round(folder, rank0, model, point, pruner, history, cfg, arch, arch_kwargs, on_round_end)
+
+    assert point is not None
+    for k in range(start_round if resumed is not None else 1, cfg.rounds + 1):
+        started = time.perf_counter()
+        pruner.step(cfg.rate, data=calib)
+        rewind(model, point)
+        _seed_loader(train_loader, cfg.seed + k)
+        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs_per_round, seed=cfg.seed + k, **train_kw)
+        history.append(_round_record(model, test_loader, cfg, k, epochs, started, device, pruner))
+        _finish_round(folder, rank0, model, point, pruner, history, cfg, arch, arch_kwargs, on_round_end)
+    return LotteryResult(history, get_masks(model), resumed_from=start_round - 1 if resumed is not None else None)
+
+
+def _seed_loader(loader: Iterable[Any], seed: int) -> None:
+    """Make a loader's shuffling a function of ``seed`` alone (needed for exact resumption)."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "seed"):
+        sampler.seed = seed
+
+
+def _round_record(model: nn.Module, test_loader: Iterable[Any], cfg: LotteryConfig, k: int,
+                  epochs: list[dict[str, Any]], started: float, device: Any, pruner: Pruner) -> dict[str, Any]:
+    metrics = evaluate(model, test_loader, device=device, loss=cfg.train.loss, encoder=cfg.train.encoder)
+    return {
+        "method": cfg.method,
+        "seed": cfg.seed,
+        "round": k,
+        "sparsity": sparsity(model),
+        "pruned_sparsity": pruner.sparsity(),
+        "accuracy": metrics["accuracy"],
+        "loss": metrics["loss"],
+        "train_loss": epochs[-1]["train_loss"] if epochs else float("nan"),
+        "criteria": sorted({r["criterion"] for r in pruner.report_rows()}) if k else [],
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _finish_round(folder: Path | None, rank0: bool, model: nn.Module, point: dict[str, Tensor] | None,
+                  pruner: Pruner, history: list[dict[str, Any]], cfg: LotteryConfig, arch: str | None,
+                  arch_kwargs: dict[str, Any] | None, on_round_end: RoundCallback | None) -> None:
+    record = history[-1]
+    log.info("round %d: sparsity %.3f accuracy %.4f", record["round"], record["sparsity"], record["accuracy"])
+    if folder is not None and rank0:
+        checkpoint.save(
+            model, folder / f"round_{record['round']:03d}.pt", arch=arch, arch_kwargs=arch_kwargs,
+            history=history, metadata={"lottery": _jsonable(cfg.to_dict())},
+            extra={"round": record["round"], "rewind_point": point, "pruner": pruner.state_dict(), "rng": rng_state()},
+        )
+    if on_round_end is not None:
+        on_round_end(record)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (_jsonable(v) if isinstance(v, dict) else list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
+
+
+def _latest_round(folder: Path) -> Path | None:
+    files = sorted(folder.glob("round_[0-9][0-9][0-9].pt")) if folder.is_dir() else []
+    return files[-1] if files else None
+
+
+def _resume(model: nn.Module, pruner: Pruner, path: Path) -> tuple[dict[str, Tensor], int, list[dict[str, Any]]]:
+    from .masks import attach_masks
+
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    attach_masks(model, payload["masks"])
+    model.load_state_dict(payload["state_dict"])
+    for _, module in model.named_modules():  # refresh the masked weights from the loaded buffers
+        if is_masked(module):
+            set_mask(module, mask_of(module), dynamic=is_dynamic(module))
+    extra = payload["extra"]
+    pruner.load_state_dict(extra["pruner"])
+    set_rng_state(extra["rng"])
+    device = next(model.parameters()).device
+    point = {k: v.to(device) for k, v in extra["rewind_point"].items()}
+    return point, int(extra["round"]), list(payload["history"])
