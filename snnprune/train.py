@@ -102,6 +102,17 @@ def predictions(record: Tensor) -> Tensor:
     return record.sum(0).argmax(-1)
 
 
+def seed_loader(loader: Iterable[Any], seed: int) -> None:
+    """Make a loader's shuffling a function of ``seed`` alone (its generator or sampler seed), so a
+    training run depends only on its own seed, not on how often the loader was iterated before."""
+    generator = getattr(loader, "generator", None)
+    if isinstance(generator, torch.Generator):
+        generator.manual_seed(seed)
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "seed"):
+        sampler.seed = seed
+
+
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
 
@@ -218,6 +229,7 @@ def fit(
     cfg = TrainConfig(**{**(config.to_dict() if config else {}), **overrides})
     dev = resolve_device(device)
     seed_everything(cfg.seed)
+    seed_loader(train_loader, cfg.seed)
     model.to(dev)
     net: nn.Module = model
     if ddp:
