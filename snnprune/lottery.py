@@ -218,6 +218,10 @@ def run(
     assert point is not None
     for k in range(start_round if resumed is not None else 1, cfg.rounds + 1):
         started = time.perf_counter()
+        # The calibration batches must depend on (seed, round) alone: by default ``calib`` is the
+        # train loader, whose generator otherwise carries the state left by the previous round's
+        # training, which a resumed run does not have.
+        _seed_loader(calib, cfg.seed + k)
         pruner.step(cfg.rate, data=calib)
         rewind(model, point)
         _seed_loader(train_loader, cfg.seed + k)

@@ -28,20 +28,38 @@ from torch.nn.utils import prune
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
-class StaticMask(prune.CustomFromMask):
+class _FastSet:
+    """Forward pre-hook writing ``module.<name>`` straight into the module's ``__dict__``.
+
+    ``BasePruningMethod.__call__`` goes through ``nn.Module.__setattr__``, whose parameter/buffer/
+    submodule checks cost as much as the mask product itself on small layers, and the hook runs at
+    every time step. The attribute is never a parameter, buffer or submodule, so the result is the
+    same.
+    """
+
+    def __call__(self, module: nn.Module, inputs: object) -> None:
+        module.__dict__[self._tensor_name] = self.apply_mask(module)
+
+
+class StaticMask(_FastSet, prune.CustomFromMask):
     """``weight = weight_orig * weight_mask``; gradients of pruned entries are zero."""
 
     dynamic = False
 
+    def apply_mask(self, module: nn.Module) -> Tensor:
+        d = module.__dict__
+        return d["_parameters"][self._tensor_name + "_orig"] * d["_buffers"][self._tensor_name + "_mask"]
 
-class DynamicMask(prune.CustomFromMask):
+
+class DynamicMask(_FastSet, prune.CustomFromMask):
     """Forward value ``weight_orig * weight_mask``; straight-through gradient to all entries."""
 
     dynamic = True
 
     def apply_mask(self, module: nn.Module) -> Tensor:
-        orig = getattr(module, self._tensor_name + "_orig")
-        mask = getattr(module, self._tensor_name + "_mask")
+        d = module.__dict__
+        orig = d["_parameters"][self._tensor_name + "_orig"]
+        mask = d["_buffers"][self._tensor_name + "_mask"]
         # orig - orig*(1-mask) is exactly orig*mask in floating point (x - x == 0, x - 0 == x).
         return orig - (orig * (1 - mask)).detach()
 
