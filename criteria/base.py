@@ -59,8 +59,8 @@ class LayerContext:
         if rate.numel() != in_per_group * groups:
             raise Fallback(f"input has {rate.numel()} channels, weight expects {in_per_group * groups}")
         group_of_out = torch.arange(out_ch, device=rate.device) // (out_ch // groups)
-        index = group_of_out[:, None] * in_per_group + torch.arange(in_per_group, device=rate.device)[None, :]
-        return rate[index].reshape(out_ch, in_per_group, *([1] * (self.weight.dim() - 2)))
+        rows = rate.reshape(groups, in_per_group).index_select(0, group_of_out)  # row j: inputs of j's group
+        return rows.reshape(out_ch, in_per_group, *([1] * (self.weight.dim() - 2)))
 
     def per_output(self, values: Tensor) -> Tensor:
         """Reshape a per-output-channel ``[C_out]`` tensor to broadcast against the weight."""
@@ -94,7 +94,8 @@ def register(name: str, *, needs_stats: bool = False, description: str = "") -> 
     """Decorator registering ``fn(ctx) -> Tensor`` as criterion ``name`` (replacing any previous one)."""
 
     def decorate(fn: ScoreFn) -> ScoreFn:
-        doc = description or (fn.__doc__ or "").strip().splitlines()[0] if (description or fn.__doc__) else ""
+        lines = (fn.__doc__ or "").strip().splitlines()
+        doc = description or (lines[0] if lines else "")
         _REGISTRY[name] = Criterion(name, fn, needs_stats, doc)
         return fn
 

@@ -50,9 +50,13 @@ def check_applicable(ctx: LayerContext) -> None:
         raise Fallback(ctx.info.note or "feeds no spiking neuron")
 
 
-def expected_change(ctx: LayerContext) -> Tensor:
-    """E(|u' - u|) of Eq. 13 for every weight, float64, shaped like the weight."""
-    return ctx.weight.detach().double().abs() * ctx.input_rate_per_weight() * ctx.per_output(bn_factor(ctx))
+def expected_change(ctx: LayerContext, scale: Tensor | None = None) -> Tensor:
+    """E(|u' - u|) of Eq. 13 for every weight, float64, shaped like the weight, optionally times a
+    per-output-channel ``scale [C_out]``. The channel factors are multiplied together first, so the
+    weight-sized tensor is written once."""
+    per_out = bn_factor(ctx) if scale is None else bn_factor(ctx) * scale.to(ctx.weight.device)
+    factor = ctx.input_rate_per_weight() * ctx.per_output(per_out)
+    return ctx.weight.detach().to(torch.float64, copy=True).abs_().mul_(factor)  # a copy: never the weight
 
 
 @register("prob", needs_stats=True)
@@ -60,4 +64,4 @@ def prob(ctx: LayerContext) -> Tensor:
     """P_ij of Eq. 12 with a Gaussian fit of the membrane potential density at u_th."""
     check_applicable(ctx)
     density = gaussian_density_at_threshold(ctx.membrane, ctx.options.get("var_floor", 1e-6))
-    return expected_change(ctx) * ctx.per_output(density)
+    return expected_change(ctx, density)

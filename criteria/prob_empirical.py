@@ -20,4 +20,4 @@ def prob_empirical(ctx: LayerContext) -> Tensor:
     """P_ij of Eq. 12 with a histogram estimate of the membrane density at u_th."""
     check_applicable(ctx)
     density = histogram_density_at_threshold(ctx.membrane, ctx.options.get("bandwidth_bins", 2))
-    return expected_change(ctx) * ctx.per_output(density)
+    return expected_change(ctx, density)

@@ -245,14 +245,16 @@ class _Collector:
                     "hist": torch.zeros(channels, self.hist_bins, dtype=torch.float64),
                     "spikes": torch.zeros(channels, dtype=torch.float64), "elements": 0.0,
                 }
+            fires = isinstance(spikes, torch.Tensor) and spikes.shape == module.mem.shape
             batch = estimators.membrane_moments(u, acc["threshold"], acc["lo"], acc["width"], self.hist_bins,
-                                                backend=self.backend)
+                                                spikes=estimators.as_bcs(spikes, 1) if fires else None,
+                                                backend=self.backend)  # spikes counted in the same pass
             acc["count"] += batch.count.cpu()
             acc["s1"] += batch.s1.cpu()
             acc["s2"] += batch.s2.cpu()
             acc["hist"] += batch.hist.cpu()
-            if isinstance(spikes, torch.Tensor) and spikes.shape == module.mem.shape:
-                acc["spikes"] += estimators.channel_sums(estimators.as_bcs(spikes, 1), backend=self.backend).cpu()
+            if batch.spikes is not None:
+                acc["spikes"] += batch.spikes.cpu()
             acc["elements"] += u.shape[0] * u.shape[2]
 
         return hook

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor, nn
 
 from .masks import prunable_layers
-from .stepping import ForwardFn, is_spiking_neuron, run
+from .stepping import ForwardFn, is_spiking_neuron, reset_neurons, run
 
 BN_TYPES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 _MAX_GRAPH_NODES = 100_000
@@ -133,6 +133,7 @@ def discover(
     finally:
         for h in handles:
             h.remove()
+        reset_neurons(model)  # drop neuron state holding this pass's autograd graph (breaks deepcopy)
         with torch.no_grad():
             for m, (mean, var, count) in bn_state.items():
                 m.running_mean.copy_(mean)
