@@ -33,6 +33,7 @@ import torch
 from torch import Tensor, nn
 
 from . import checkpoint
+from .distributed import is_main_process
 from .masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, sparsity
 from .pruner import Pruner
 from .train import TrainConfig, evaluate, fit
@@ -186,7 +187,7 @@ def run(
     settings = {**method_settings(cfg.method), **(pruner_options or {})}
     pruner = Pruner(model, scope=cfg.scope, calib_batches=cfg.calib_batches, seed=cfg.seed,
                     progress=progress, **settings)
-    rank0 = not (torch.distributed.is_available() and torch.distributed.is_initialized()) or torch.distributed.get_rank() == 0
+    rank0 = is_main_process()
     train_kw = {"device": device, "ddp": ddp, "progress": progress}
 
     history: list[dict[str, Any]] = []

@@ -4,6 +4,9 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -93,3 +96,31 @@ def test_two_rank_prob_masks_and_ddp_fit(tmp_path):
         dense = weight_of(dict(model.named_modules())[name]).detach()
         assert not torch.equal(a["orig"][name][mask], dense[mask]), name
     assert all(mask_of(m).sum() < m.weight.numel() for m in prunable_layers(model).values())
+
+
+@pytest.mark.slow
+def test_lottery_under_torchrun_gives_identical_masks_on_every_rank(tmp_path):
+    """Launched by torchrun (2 gloo ranks): DDP training, all-reduced statistics, one writer."""
+    worker = Path(__file__).with_name("ddp_lottery_worker.py")
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "NUMBA_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", str(_free_port()),
+         str(worker), str(tmp_path)],
+        capture_output=True, text=True, env=env, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    assert ranks[0]["masks"].keys() == ranks[1]["masks"].keys()
+    for name in ranks[0]["masks"]:
+        assert torch.equal(ranks[0]["masks"][name], ranks[1]["masks"][name]), name
+    for name, value in ranks[0]["state"].items():  # DDP keeps the parameters in step
+        assert torch.equal(value, ranks[1]["state"][name]), name
+    assert [r["accuracy"] for r in ranks[0]["rounds"]] == [r["accuracy"] for r in ranks[1]["rounds"]]
+    assert sorted(p.name for p in (tmp_path / "rounds").iterdir()) == ["round_000.pt", "round_001.pt", "round_002.pt"]
+    assert ranks[0]["rounds"][-1]["sparsity"] > 0.5
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
