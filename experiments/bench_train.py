@@ -31,7 +31,7 @@ def main() -> None:
         model = models.build("mlp")
         reached: list[float] = []
 
-        def note(epoch: int, record: dict, reached: list[float] = reached) -> None:
+        def note(epoch: int, record: dict, reached: list[float] = reached, start: float = start) -> None:
             if not reached and record["test_accuracy"] >= args.target:
                 reached.append(epoch + 1)
                 reached.append(time.perf_counter() - start)

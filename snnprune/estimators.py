@@ -188,8 +188,10 @@ def _use_numba(x: Tensor, backend: str) -> bool:
     if backend == "numba":
         if x.device.type != "cpu":
             raise ValueError("the numba backend works on CPU tensors only")
-        return True
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)
+    elif not (x.device.type == "cpu" and x.dtype in (torch.float32, torch.float64)):
+        return False
+    warmup(announce=False)
+    return True
 
 
 def channel_sums(x: Tensor, *, backend: str = "auto") -> Tensor:
@@ -287,8 +289,11 @@ def warmup(announce: bool = True) -> float:
         log.warning(msg)
     x = np.zeros((1, 1, 1), dtype=np.float32)
     one = np.ones(1)
+    torch_threads = torch.get_num_threads()
     for dtype in (np.float32, np.float64):
         _nb_channel_sums(x.astype(dtype))
         _nb_moments_hist(x.astype(dtype), one, one, one, np.zeros((1, 1), dtype=np.int64), x.astype(dtype), one)
+    # Numba's OpenMP layer starting up can reset the process-wide OpenMP thread count torch uses.
+    torch.set_num_threads(torch_threads)
     _WARM = True
     return time.perf_counter() - start

@@ -36,7 +36,7 @@ from . import checkpoint
 from .distributed import is_main_process
 from .masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, sparsity
 from .pruner import Pruner
-from .train import TrainConfig, evaluate, fit
+from .train import TrainConfig, evaluate, fit, seed_loader
 from .utils import rng_state, set_rng_state
 
 log = logging.getLogger(__name__)
@@ -201,7 +201,7 @@ def run(
     else:
         if folder is not None:
             folder.mkdir(parents=True, exist_ok=True)
-        _seed_loader(train_loader, cfg.seed)
+        seed_loader(train_loader, cfg.seed)
         if cfg.rewind_epoch == 0:
             point = snapshot(model)
 
@@ -222,24 +222,14 @@ def run(
         # The calibration batches must depend on (seed, round) alone: by default ``calib`` is the
         # train loader, whose generator otherwise carries the state left by the previous round's
         # training, which a resumed run does not have.
-        _seed_loader(calib, cfg.seed + k)
+        seed_loader(calib, cfg.seed + k)
         pruner.step(cfg.rate, data=calib)
         rewind(model, point)
-        _seed_loader(train_loader, cfg.seed + k)
+        seed_loader(train_loader, cfg.seed + k)
         epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs_per_round, seed=cfg.seed + k, **train_kw)
         history.append(_round_record(model, test_loader, cfg, k, epochs, started, device, pruner))
         _finish_round(folder, rank0, model, point, pruner, history, cfg, arch, arch_kwargs, on_round_end)
     return LotteryResult(history, get_masks(model), resumed_from=start_round - 1 if resumed is not None else None)
-
-
-def _seed_loader(loader: Iterable[Any], seed: int) -> None:
-    """Make a loader's shuffling a function of ``seed`` alone (needed for exact resumption)."""
-    generator = getattr(loader, "generator", None)
-    if isinstance(generator, torch.Generator):
-        generator.manual_seed(seed)
-    sampler = getattr(loader, "sampler", None)
-    if hasattr(sampler, "seed"):
-        sampler.seed = seed
 
 
 def _round_record(model: nn.Module, test_loader: Iterable[Any], cfg: LotteryConfig, k: int,

@@ -20,6 +20,7 @@ stack of pruning containers).
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor, nn
@@ -28,17 +29,47 @@ from torch.nn.utils import prune
 PRUNABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 
+_cache: dict[tuple[int, str], Tensor] | None = None
+
+
+@contextmanager
+def cached() -> Iterator[None]:
+    """Within this context every masked weight is computed once and reused by later calls.
+
+    An SNN calls each layer once per time step; the weights cannot change inside one forward pass,
+    so :class:`snnprune.models.SpikingNet` and :func:`snnprune.stepping.run` wrap their time loop in
+    this context (as ``torch.nn.utils.parametrize.cached`` does for parametrizations). Gradients
+    are unaffected: every step uses the same graph node. Nested use is allowed.
+    """
+    global _cache
+    if _cache is not None:
+        yield
+        return
+    _cache = {}
+    try:
+        yield
+    finally:
+        _cache = None
+
+
 class _FastSet:
     """Forward pre-hook writing ``module.<name>`` straight into the module's ``__dict__``.
 
     ``BasePruningMethod.__call__`` goes through ``nn.Module.__setattr__``, whose parameter/buffer/
     submodule checks cost as much as the mask product itself on small layers, and the hook runs at
     every time step. The attribute is never a parameter, buffer or submodule, so the result is the
-    same.
+    same. Inside :func:`cached` the product is computed once per forward pass.
     """
 
     def __call__(self, module: nn.Module, inputs: object) -> None:
-        module.__dict__[self._tensor_name] = self.apply_mask(module)
+        if _cache is None:
+            module.__dict__[self._tensor_name] = self.apply_mask(module)
+            return
+        key = (id(module), self._tensor_name)
+        value = _cache.get(key)
+        if value is None:
+            value = _cache[key] = self.apply_mask(module)
+        module.__dict__[self._tensor_name] = value
 
 
 class StaticMask(_FastSet, prune.CustomFromMask):

@@ -19,6 +19,7 @@ import torch
 from snntorch._neurons.neurons import SpikingNeuron
 from torch import Tensor, nn
 
+from . import masks
 from .models.base import SpikingNet
 
 ForwardFn = Callable[[nn.Module, Tensor], Tensor]
@@ -72,9 +73,10 @@ def run(model: nn.Module, x: Tensor, *, num_steps: int | None = None, forward: F
         steps = default_num_steps(model, num_steps)
         inputs = [x] * steps if steps is not None else list(x)
         outputs = []
-        for x_t in inputs:
-            out = model(x_t)
-            outputs.append(out[0] if isinstance(out, tuple) else out)
+        with masks.cached():
+            for x_t in inputs:
+                out = model(x_t)
+                outputs.append(out[0] if isinstance(out, tuple) else out)
         reset_neurons(model)
         return torch.stack(outputs)
     out = model(x)

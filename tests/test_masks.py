@@ -25,17 +25,7 @@ from snnprune.masks import (
     weight_of,
 )
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and Numba's OpenMP start-up resets torch's count)."""
-    from snnprune import estimators
-
-    estimators.warmup(announce=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _random_mask(weight: torch.Tensor, density: float, gen: torch.Generator) -> torch.Tensor:
@@ -311,3 +301,27 @@ def test_static_gradient_of_pruned_entries_is_zero():
     grad = layer.weight_orig.grad
     assert (grad[~mask] == 0).all()
     assert (grad[mask] != 0).any()
+
+
+def test_cached_masked_weights_match_per_step_recomputation(monkeypatch):
+    """SpikingNet computes each masked weight once per forward (masks.cached); same values and grads."""
+    import contextlib
+
+    torch.manual_seed(0)
+    model = models.build("mlp", hidden=(16, 16))
+    set_mask(model.fcs[1], torch.rand_like(model.fcs[1].weight) > 0.5)
+    set_mask(model.fcs[0], torch.rand_like(model.fcs[0].weight) > 0.5, dynamic=True)
+    x = torch.rand(4, 1, 8, 8)
+
+    def run() -> tuple[torch.Tensor, list[torch.Tensor]]:
+        model.zero_grad()
+        out = model(x)
+        out.square().sum().backward()
+        return out.detach(), [p.grad.clone() for p in model.parameters()]
+
+    out_cached, grads_cached = run()
+    monkeypatch.setattr(masks, "cached", contextlib.nullcontext)
+    out_plain, grads_plain = run()
+    assert torch.equal(out_cached, out_plain)
+    for a, b in zip(grads_cached, grads_plain):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)

@@ -9,17 +9,7 @@ from torch import nn
 from snnprune import Pruner, criteria, models
 from snnprune.masks import is_dynamic, is_masked, mask_of, weight_of
 
-
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models run fastest on one thread (and Numba's OpenMP start-up resets torch's count)."""
-    from snnprune import estimators
-
-    estimators.warmup(announce=False)
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _mlp(seed: int = 0, hidden=(24, 16)) -> nn.Module:

@@ -20,6 +20,8 @@ import torch
 from snntorch import surrogate
 from torch import Tensor, nn
 
+from .. import masks
+
 NeuronState = dict[nn.Module, Tensor]
 
 
@@ -82,7 +84,8 @@ class SpikingNet(nn.Module):
         x, is_temporal = self.temporal(x)
         steps = x.shape[0] if is_temporal else self.num_steps
         state: NeuronState = {}
-        outputs = [self.step(x[t] if is_temporal else x, state) for t in range(steps)]
+        with masks.cached():  # one masked-weight product per forward, not one per step
+            outputs = [self.step(x[t] if is_temporal else x, state) for t in range(steps)]
         release_neuron_state(state)
         return torch.stack(outputs)
 
