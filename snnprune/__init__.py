@@ -10,23 +10,33 @@ Data flows one way: model + data -> statistics -> scores -> masks.
     print(pruner.report())
 """
 
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+
 from . import criteria, masks, models
 from .masks import make_permanent
 from .pruner import Pruner
 from .scoring import score_layers, scores
 from .stats import SpikeStats, collect_stats
+from .stepping import ForwardFn
 from .structure import ModelStructure, discover
 
 __version__ = "0.1.0"
 
 
-def describe(model, data, *, num_steps=None, forward=None) -> str:  # noqa: ANN001
+def describe(
+    model: "torch.nn.Module",
+    data: "torch.Tensor | Iterable[Any]",
+    *,
+    num_steps: int | None = None,
+    forward: "ForwardFn | None" = None,
+) -> str:
     """The layer -> BatchNorm -> spiking neuron pairing of ``model`` as a text table.
 
     ``data`` is a batch ``[B, ...]`` or an iterable of batches (the first one is used).
     """
-    import torch
-
     batch = data if isinstance(data, torch.Tensor) else next(iter(data))
     batch = batch[0] if isinstance(batch, (tuple, list)) else batch
     batch = batch.to(next(model.parameters()).device)

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from . import estimators
 from .masks import prunable_layers
 from .stepping import ForwardFn, run, spiking_neurons
-from .structure import ModelStructure, discover
+from .structure import ModelStructure, discover_cached
 from .train import encode
 from .utils import progress_bar
 
@@ -324,8 +324,8 @@ def collect_stats(
             x = encode(x, encoder, steps).to(device)
             if collector is None:
                 if structure is None:
-                    structure = discover(model, x[:2] if encoder == "direct" else x[:, :2],
-                                         num_steps=num_steps, forward=forward)
+                    structure = discover_cached(model, x[:2] if encoder == "direct" else x[:, :2],
+                                                num_steps=num_steps, forward=forward)
                 collector = _Collector(model, structure, hist_bins, hist_halfwidth, backend).__enter__()
             run(model, x, num_steps=num_steps, forward=forward)
             samples += x.shape[0] if encoder == "direct" else x.shape[1]

@@ -15,7 +15,9 @@ is the *encoding* layer (it sees the analog input), the last one the *classifier
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -177,6 +179,36 @@ def discover(
     for info in structure.layers.values():
         if info.neuron is None and not info.note:
             info.note = "feeds no spiking neuron"
+    return structure
+
+
+_CACHE: weakref.WeakKeyDictionary[nn.Module, tuple[tuple[Any, ...], ModelStructure]] = weakref.WeakKeyDictionary()
+
+
+def discover_cached(
+    model: nn.Module,
+    sample: Tensor,
+    *,
+    num_steps: int | None = None,
+    forward: ForwardFn | None = None,
+) -> ModelStructure:
+    """:func:`discover`, remembered per model instance.
+
+    The pairing depends only on the module tree, the per-sample input shape and how the model is
+    run; it is found again whenever any of those changes (a replaced submodule has a new identity).
+    Saves the calibration forward pass with autograd on every pruning step.
+    """
+    signature = (
+        tuple((name, id(m), type(m)) for name, m in model.named_modules()),
+        tuple(sample.shape[1:]),
+        num_steps,
+        forward,
+    )
+    hit = _CACHE.get(model)
+    if hit is not None and hit[0] == signature:
+        return hit[1]
+    structure = discover(model, sample, num_steps=num_steps, forward=forward)
+    _CACHE[model] = (signature, structure)
     return structure
 
 

@@ -296,3 +296,15 @@ def test_discover_leaves_no_autograd_graph_in_neurons(style):
     with torch.no_grad():
         out = clone(torch.rand(2, 6)) if style == "tutorial" else clone(torch.rand(2, 1, 4, 4))
     assert isinstance(out, (Tensor, tuple))
+
+
+def test_discover_cached_reuses_until_the_module_tree_changes():
+    from snnprune.structure import discover_cached
+
+    model = build("mlp", hidden=(8, 8))
+    x = torch.rand(2, 1, 8, 8)
+    first = discover_cached(model, x)
+    assert discover_cached(model, x) is first
+    model.fcs[1] = nn.Linear(8, 8)  # a replaced layer must be paired afresh
+    again = discover_cached(model, x)
+    assert again is not first and again.layers["fcs.1"].neuron == "lifs.1"
