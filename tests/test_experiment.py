@@ -66,8 +66,15 @@ def test_run_crash_resume_and_report(tmp_path, monkeypatch):
     assert len(exp.runs) == 4
     victim = next(r for r in exp.runs if r.method == "SF-IMP-1" and r.seed == 1)
 
-    # first pass: the victim "dies" right after round 1
-    monkeypatch.setenv(runner.CRASH_ENV, "SF-IMP-1-seed1@1")
+    # first pass: the victim "dies" right after writing round 1 (runs execute in this process)
+    write_results = runner._write_results
+
+    def crash_after_round_1(folder, lines):
+        write_results(folder, lines)
+        if folder.name == victim.name and max(lines, default=-1) >= 1:
+            raise RuntimeError(f"{victim.name}: simulated crash after round 1")
+
+    monkeypatch.setattr(runner, "_write_results", crash_after_round_1)
     first = runner.run_experiment(exp, tmp_path, report=False)
     by_run = {s["run"]: s["status"] for s in first}
     assert by_run.pop(victim.name) == "failed"
@@ -81,7 +88,7 @@ def test_run_crash_resume_and_report(tmp_path, monkeypatch):
     (vdir / runner.RESULTS).write_text(lines[0] + "\n")
     round1_before = json.loads(lines[1])
 
-    monkeypatch.delenv(runner.CRASH_ENV)
+    monkeypatch.setattr(runner, "_write_results", write_results)
     second = runner.run_experiment(exp, tmp_path)
     by_run = {s["run"]: s["status"] for s in second}
     assert by_run.pop(victim.name) == "resumed"

@@ -21,9 +21,6 @@ Metrics of each line, measured on the first ``eval_batches`` test batches:
   input firing rate x weight density, weighted per input channel (:func:`snnprune.report.costs`);
 * ``macs``: multiply-accumulates per inference of the encoding layer, which sees the analog input
   (direct encoding): ``T * P_out * nnz(W)``.
-
-``SNNPRUNE_EXPERIMENT_CRASH=<substring>@<round>`` makes the runs whose name contains ``substring``
-raise right after writing that round (a test hook simulating a killed job).
 """
 
 from __future__ import annotations
@@ -46,15 +43,10 @@ from .config import Experiment, RunSpec
 
 log = logging.getLogger(__name__)
 
-CRASH_ENV = "SNNPRUNE_EXPERIMENT_CRASH"
 RESULTS = "results.jsonl"
 DONE = "done.json"
 
 __all__ = ["RESULTS", "DONE", "read_results", "run_experiment", "run_one"]
-
-
-class SimulatedCrash(RuntimeError):
-    """Raised by the ``SNNPRUNE_EXPERIMENT_CRASH`` test hook."""
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -134,14 +126,6 @@ def spike_metrics(model: nn.Module, test_loader: Any, tr: dict[str, Any]) -> dic
             "stats_seconds": time.perf_counter() - started}
 
 
-def _crash_hook(name: str) -> int | None:
-    value = os.environ.get(CRASH_ENV)
-    if not value or "@" not in value:
-        return None
-    substring, _, rnd = value.rpartition("@")
-    return int(rnd) if substring in name else None
-
-
 def _line(spec: RunSpec, record: dict[str, Any], model: nn.Module, test_loader: Any) -> dict[str, Any]:
     line = {"run": spec.name, "kind": spec.kind, "dataset": spec.dataset, "model": spec.model, **record}
     line.update(spike_metrics(model, test_loader, spec.config["train"]))
@@ -188,7 +172,6 @@ def _run_imp(spec: RunSpec, folder: Path, device: str | None, data_io: dict[str,
     )
     ckdir = folder / "checkpoints"
     lines = _reconcile(spec, folder, ckdir, test_loader)
-    crash = _crash_hook(spec.name)
 
     def on_round_end(record: dict[str, Any]) -> None:
         r = int(record["round"])
@@ -196,8 +179,6 @@ def _run_imp(spec: RunSpec, folder: Path, device: str | None, data_io: dict[str,
             del lines[stale]
         lines[r] = _line(spec, dict(record), model, test_loader)
         _write_results(folder, lines)
-        if crash is not None and r >= crash:
-            raise SimulatedCrash(f"{spec.name}: simulated crash after round {r} ({CRASH_ENV})")
 
     lottery.run(model, train_loader, test_loader, cfg, checkpoint_dir=ckdir, device=device,
                 progress=False, on_round_end=on_round_end)
