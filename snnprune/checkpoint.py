@@ -45,7 +45,7 @@ import torch
 from torch import nn
 
 from . import __version__
-from .masks import attach_masks, mask_hook, mask_spec, masked_layers
+from .masks import attach_masks, mask_spec, refresh
 
 FORMAT = "snnprune-checkpoint"
 VERSION = 1
@@ -635,7 +635,7 @@ def _build_and_fill(
             "pass the --arch and arguments the weights were trained with",
             path=path,
         ) from exc
-    _refresh_masked_weights(model)
+    refresh(model, zero_pruned=False)
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
     return model.eval()
@@ -682,14 +682,6 @@ def _match_dtype(model: nn.Module, state: Mapping[str, Any]) -> None:
 
 
 @torch.no_grad()
-def _refresh_masked_weights(model: nn.Module) -> None:
-    """Recompute each masked ``weight`` attribute from the loaded ``weight_orig`` and ``weight_mask``."""
-    for _, module in masked_layers(model):
-        hook = mask_hook(module)
-        if hook is not None:
-            setattr(module, hook._tensor_name, hook.apply_mask(module))
-
-
 def _infer_mask_spec(state: Mapping[str, Any]) -> dict[str, dict[str, bool]]:
     """Static masks for ``torch.nn.utils.prune``-style ``<name>_orig`` / ``<name>_mask`` pairs."""
     spec: dict[str, dict[str, bool]] = {}

@@ -778,16 +778,9 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
 
 def _copy_masked(src: Any, dst: Any) -> None:
     """Copy weights and masks of ``src`` (a loaded round checkpoint) into ``dst`` in place."""
-    import torch
+    from .masks import load_masked_state_dict, mask_spec
 
-    from .masks import attach_masks, is_dynamic, is_masked, mask_of, mask_spec, set_mask
-
-    attach_masks(dst, mask_spec(src))
-    with torch.no_grad():
-        dst.load_state_dict({k: v.to(next(dst.parameters()).device) for k, v in src.state_dict().items()})
-    for _, module in dst.named_modules():
-        if is_masked(module):
-            set_mask(module, mask_of(module), dynamic=is_dynamic(module))
+    load_masked_state_dict(dst, src.state_dict(), mask_spec(src))
 
 
 # --------------------------------------------------------------------------------------------- info

@@ -34,7 +34,7 @@ from torch import Tensor, nn
 
 from . import checkpoint
 from .distributed import is_main_process
-from .masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, sparsity
+from .masks import get_masks, load_masked_state_dict, refresh, sparsity
 from .pruner import Pruner
 from .train import TrainConfig, evaluate, fit, seed_loader
 from .utils import rng_state, set_rng_state
@@ -131,9 +131,7 @@ def rewind(model: nn.Module, point: dict[str, Tensor]) -> None:
         if target is None:
             raise KeyError(f"rewind point has {key!r}, which the model lacks")
         target.copy_(value)
-    for _, module in model.named_modules():
-        if is_masked(module):
-            set_mask(module, mask_of(module), dynamic=is_dynamic(module))
+    refresh(model)
 
 
 # ---------------------------------------------------------------------------- the run
@@ -274,14 +272,8 @@ def _latest_round(folder: Path) -> Path | None:
 
 
 def _resume(model: nn.Module, pruner: Pruner, path: Path) -> tuple[dict[str, Tensor], int, list[dict[str, Any]]]:
-    from .masks import attach_masks
-
     payload = torch.load(path, map_location="cpu", weights_only=True)
-    attach_masks(model, payload["masks"])
-    model.load_state_dict(payload["state_dict"])
-    for _, module in model.named_modules():  # refresh the masked weights from the loaded buffers
-        if is_masked(module):
-            set_mask(module, mask_of(module), dynamic=is_dynamic(module))
+    load_masked_state_dict(model, payload["state_dict"], payload["masks"])
     extra = payload["extra"]
     pruner.load_state_dict(extra["pruner"])
     set_rng_state(extra["rng"])

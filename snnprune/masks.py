@@ -230,6 +230,33 @@ def attach_masks(model: nn.Module, spec: dict[str, dict[str, bool]]) -> None:
         set_mask(module, torch.ones_like(weight, dtype=torch.bool), dynamic=bool(info.get("dynamic")), name=tensor_name)
 
 
+@torch.no_grad()
+def refresh(model: nn.Module, *, zero_pruned: bool = True) -> None:
+    """Recompute every masked ``weight`` from its ``weight_orig`` and ``weight_mask`` now.
+
+    Needed after ``weight_orig`` or the mask buffer were written directly (``load_state_dict``,
+    rewinding): the pre-hook would only do it at the next forward. With ``zero_pruned`` the pruned
+    entries of static masks' ``weight_orig`` are also set to zero, as :func:`set_mask` does.
+    """
+    for _, module in masked_layers(model):
+        hook = mask_hook(module)
+        if zero_pruned and not getattr(hook, "dynamic", False):
+            getattr(module, hook._tensor_name + "_orig").mul_(getattr(module, hook._tensor_name + "_mask"))
+        module.__dict__[hook._tensor_name] = hook.apply_mask(module)
+
+
+def load_masked_state_dict(model: nn.Module, state: dict[str, Tensor], spec: dict[str, dict[str, bool]]) -> None:
+    """Load a ``state_dict`` saved from a masked model (``*_orig``/``*_mask`` keys) into ``model``.
+
+    ``spec`` is the saved :func:`mask_spec`; masks are attached first, then the state is loaded
+    (strictly) and the masked weights recomputed.
+    """
+    attach_masks(model, spec)
+    device = next(model.parameters()).device
+    model.load_state_dict({k: v.to(device) for k, v in state.items()})
+    refresh(model, zero_pruned=False)
+
+
 def make_permanent(model: nn.Module) -> nn.Module:
     """Remove every mask's reparametrisation, leaving plain weights with exact zeros. Returns ``model``."""
     for _, module in list(masked_layers(model)):
