@@ -98,6 +98,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # library warnings would break the one-line contract
         try:
             result = cli.main(args=args, prog_name="snnprune", standalone_mode=False)
+            _leave_process_group(wait=True)
             return result if isinstance(result, int) else 0
         except click.exceptions.Exit as exc:
             return exc.exit_code
@@ -125,6 +126,19 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 130
             click.echo(f"snnprune: error: {_error_message(exc)}", err=True)
             return 1
+
+
+def _leave_process_group(wait: bool) -> None:
+    """Under torchrun: let every rank finish (rank 0 may still be writing), then close the group.
+
+    A rank that exits with the group open aborts ("terminate called without an active exception").
+    """
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------ options
@@ -219,6 +233,7 @@ class Env:
     forward_spec: str | None = None
     trust_pickle: bool = False
     forward: Any = None
+    distributed: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -231,8 +246,12 @@ class Env:
     def setup(self) -> None:
         import torch
 
+        from .distributed import init_from_env, local_device
         from .utils import resolve_device, seed_everything
 
+        self.distributed = init_from_env()  # launched by torchrun: gloo on CPU, nccl on GPU
+        if self.distributed and self.device in (None, "auto"):
+            self.device = local_device()
         try:
             self.device = resolve_device(self.device)
             torch.empty(0, device=self.device)
@@ -258,13 +277,22 @@ class Env:
                 raise click.BadParameter(str(exc), param_hint="'--forward'") from None
 
     # ---------------------------------------------------------------- output
+    @property
+    def main_process(self) -> bool:
+        """Rank 0 under torchrun (or the only process): the one that prints and writes files."""
+        from .distributed import is_main_process
+
+        return is_main_process()
+
     def say(self, text: str = "") -> None:
         """Human output (stdout), silenced by --quiet and --json."""
-        if not (self.quiet or self.as_json):
+        if not (self.quiet or self.as_json) and self.main_process:
             click.echo(text)
 
     def result(self, text: str, payload: dict[str, Any]) -> None:
         """The essential result: text (even with --quiet) or the one JSON object."""
+        if not self.main_process:
+            return
         if self.as_json:
             click.echo(json.dumps(payload, indent=2, default=_json_default))
         else:
@@ -314,7 +342,7 @@ class Env:
             raise Failure(f"the model has {classes} outputs but --data {self.data} has "
                           f"{info.num_classes} classes; use the dataset the model was trained on")
         return data.loaders(self.data, batch_size=self.batch_size, root=self.data_root,
-                            download=self.download, seed=self.seed)
+                            download=self.download, seed=self.seed, distributed=self.distributed)
 
     def evaluate(self, runner: Any, loader: Any) -> dict[str, float]:
         from .train import evaluate
@@ -528,11 +556,12 @@ def train(model_name: str, model_kwargs: dict[str, Any] | None, epochs: int, lr:
 
     started = time.perf_counter()
     history = fit(model, train_loader, test_loader, cfg, device=env.device, progress=env.progress,
-                  on_epoch_end=on_epoch)
+                  on_epoch_end=on_epoch, ddp=env.distributed)
     final = history[-1]["test_accuracy"]
-    checkpoint.save(model, output, history=history,
-                    metadata={"data": env.data, "train": cfg.to_dict(), "test_accuracy": final},
-                    extra={"rewind_point": point, "rewind_epoch": rewind_epoch})
+    if env.main_process:
+        checkpoint.save(model, output, history=history,
+                        metadata={"data": env.data, "train": cfg.to_dict(), "test_accuracy": final},
+                        extra={"rewind_point": point, "rewind_epoch": rewind_epoch})
     seconds = time.perf_counter() - started
     env.result(f"test accuracy {_pct(final)}; saved {output} ({seconds:.1f} s)",
                {"output": str(output), "model": model_name, "data": env.data, "test_accuracy": final,
@@ -653,9 +682,10 @@ def prune(model_path: Path, criterion: str, sparsity: float, rounds: int | None,
         record = {"command": "prune", "criterion": criterion, "scope": scope, "target_sparsity": sparsity,
                   "sparsity": pruner.sparsity(), "accuracy_before": acc_before, "accuracy_after": acc_after,
                   "rounds": round_records}
-    checkpoint.save(model, output, arch=arch, arch_kwargs=arch_kwargs, history=[*ck.history, record],
-                    metadata={"data": env.data, "pruned_from": str(model_path)})
-    if rounds is not None and not keep_rounds:
+    if env.main_process:
+        checkpoint.save(model, output, arch=arch, arch_kwargs=arch_kwargs, history=[*ck.history, record],
+                        metadata={"data": env.data, "pruned_from": str(model_path)})
+    if rounds is not None and not keep_rounds and env.main_process:
         shutil.rmtree(_rounds_dir(output), ignore_errors=True)
     rows = pruner.report_rows()
     text = "\n".join([
@@ -760,11 +790,14 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
         acc_pruned = env.evaluate(runner, test_loader)["accuracy"]
         if point is not None:
             rewind(model, point)
-        fit(runner, train_loader, None, cfg, seed=env.seed + k, device=env.device, progress=env.progress)
+        fit(runner, train_loader, None, cfg, seed=env.seed + k, device=env.device, progress=env.progress,
+            ddp=env.distributed)
         acc = env.evaluate(runner, test_loader)["accuracy"]
         rec = {"round": k, "sparsity": pruner.sparsity(), "accuracy_pruned": acc_pruned, "accuracy": acc,
                "seconds": time.perf_counter() - started}
         records.append(rec)
+        if not env.main_process:
+            continue
         folder.mkdir(exist_ok=True)
         checkpoint.save(model, folder / f"round_{k:03d}.pt", arch=arch, arch_kwargs=arch_kwargs,
                         history=records, metadata={"cli_prune": settings},

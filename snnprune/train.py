@@ -250,6 +250,9 @@ def fit(
             train_epoch(net, train_loader, optimizer, scheduler, cfg, device=dev, scaler=scaler,
                         generator=generator, progress=progress, desc=f"epoch {epoch + 1}/{cfg.epochs}")
         )
+        if ddp:  # DDP syncs buffers before each forward, so ranks end one BN update apart: align them
+            for buffer in model.buffers():
+                torch.distributed.broadcast(buffer, src=0)
         if test_loader is not None:
             metrics = evaluate(model, test_loader, device=dev, loss=cfg.loss, encoder=cfg.encoder, seed=cfg.seed)
             record.update(test_loss=metrics["loss"], test_accuracy=metrics["accuracy"])
