@@ -197,17 +197,8 @@ def _plots(folder: Path, summary: list[dict[str, Any]], popup_rows: list[dict[st
             hi = np.array([100 * r["ci_high"] for r in pts])
             if np.all(np.isfinite(lo)):
                 ax.fill_between(x, lo, hi, alpha=0.2)
-        ax.set_xlabel("weight sparsity (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} / {model}: accuracy vs sparsity (mean, 95% CI over seeds)")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        stem = f"accuracy_vs_sparsity_{dataset}_{model}"
-        for ext in ("png", "svg"):
-            fig.savefig(folder / f"{stem}.{ext}", dpi=120)
-        plt.close(fig)
-        files.append(stem)
+        files.append(_save_figure(fig, ax, folder, f"accuracy_vs_sparsity_{dataset}_{model}", "weight sparsity (%)",
+                                  f"{dataset} / {model}: accuracy vs sparsity (mean, 95% CI over seeds)"))
     pop: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
     for r in popup_rows:
         pop[(r["dataset"], r["model"])].append(r)
@@ -227,18 +218,25 @@ def _plots(folder: Path, summary: list[dict[str, Any]], popup_rows: list[dict[st
                 ax.axhline(100 * r["accuracy_mean"], color="k", linestyle="--", label="dense, trained")
                 if math.isfinite(r["ci_low"]):
                     ax.axhspan(100 * r["ci_low"], 100 * r["ci_high"], color="k", alpha=0.08)
-        ax.set_xlabel("k: weights kept (%)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_title(f"{dataset} / {model}: edge-popup sub-networks")
-        ax.grid(alpha=0.3)
-        ax.legend()
-        fig.tight_layout()
-        stem = f"popup_accuracy_vs_k_{dataset}_{model}"
-        for ext in ("png", "svg"):
-            fig.savefig(folder / f"{stem}.{ext}", dpi=120)
-        plt.close(fig)
-        files.append(stem)
+        files.append(_save_figure(fig, ax, folder, f"popup_accuracy_vs_k_{dataset}_{model}", "k: weights kept (%)",
+                                  f"{dataset} / {model}: edge-popup sub-networks"))
     return files
+
+
+def _save_figure(fig: Any, ax: Any, folder: Path, stem: str, xlabel: str, title: str) -> str:
+    """Label an accuracy plot, write it as PNG and SVG, close it; returns ``stem``."""
+    import matplotlib.pyplot as plt
+
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    for ext in ("png", "svg"):
+        fig.savefig(folder / f"{stem}.{ext}", dpi=120)
+    plt.close(fig)
+    return stem
 
 
 CSV_FIELDS = ["kind", "dataset", "model", "method", "round", "keep", "sparsity", "n", "seeds",
