@@ -15,7 +15,8 @@ R = 0 rewinds to the initialisation (Frankle & Carbin). Named methods:
 * ``random``: random scores (chance baseline); any registered criterion name works too.
 
 Every round ends with an atomic checkpoint ``round_XXX.pt`` (model with masks, rewind point,
-pruner state, optimizer state, RNG states, metrics). A run restarted with the same
+pruner state, the round's final optimizer state, RNG states, metrics; a resumed round starts with a
+fresh optimizer, as Algorithm 1 does every round). A run restarted with the same
 ``checkpoint_dir`` resumes after its last finished round and, because every round is seeded from
 ``(seed, round)``, ends with the same masks and metrics as an uninterrupted run.
 """
@@ -189,6 +190,12 @@ def run(
     train_kw = {"device": device, "ddp": ddp, "progress": progress}
 
     history: list[dict[str, Any]] = []
+    optimizer_state: dict[str, Any] = {}  # state of the round's optimizer at its end, for the checkpoint
+
+    def keep_optimizer(optimizer: torch.optim.Optimizer) -> None:
+        optimizer_state.clear()
+        optimizer_state.update(optimizer.state_dict())
+
     point: dict[str, Tensor] | None = None
     start_round = 0
     resumed = _latest_round(folder) if folder is not None else None
@@ -209,10 +216,11 @@ def run(
                 point = snapshot(model)
 
         started = time.perf_counter()
-        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs, seed=cfg.seed,
+        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs, seed=cfg.seed, on_train_end=keep_optimizer,
                      on_epoch_end=keep_rewind_point, **train_kw)
         history.append(_round_record(model, test_loader, cfg, 0, epochs, started, device, pruner))
-        _finish_round(folder, rank0, model, point, pruner, history, cfg, arch, arch_kwargs, on_round_end)
+        _finish_round(folder, rank0, model, point, pruner, optimizer_state, history, cfg, arch, arch_kwargs,
+                      on_round_end)
 
     assert point is not None
     for k in range(start_round if resumed is not None else 1, cfg.rounds + 1):
@@ -224,9 +232,11 @@ def run(
         pruner.step(cfg.rate, data=calib)
         rewind(model, point)
         seed_loader(train_loader, cfg.seed + k)
-        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs_per_round, seed=cfg.seed + k, **train_kw)
+        epochs = fit(model, train_loader, None, cfg.train, epochs=cfg.epochs_per_round, seed=cfg.seed + k,
+                     on_train_end=keep_optimizer, **train_kw)
         history.append(_round_record(model, test_loader, cfg, k, epochs, started, device, pruner))
-        _finish_round(folder, rank0, model, point, pruner, history, cfg, arch, arch_kwargs, on_round_end)
+        _finish_round(folder, rank0, model, point, pruner, optimizer_state, history, cfg, arch, arch_kwargs,
+                      on_round_end)
     return LotteryResult(history, get_masks(model), resumed_from=start_round - 1 if resumed is not None else None)
 
 
@@ -248,7 +258,7 @@ def _round_record(model: nn.Module, test_loader: Iterable[Any], cfg: LotteryConf
 
 
 def _finish_round(folder: Path | None, rank0: bool, model: nn.Module, point: dict[str, Tensor] | None,
-                  pruner: Pruner, history: list[dict[str, Any]], cfg: LotteryConfig, arch: str | None,
+                  pruner: Pruner, optimizer_state: dict[str, Any], history: list[dict[str, Any]], cfg: LotteryConfig, arch: str | None,
                   arch_kwargs: dict[str, Any] | None, on_round_end: RoundCallback | None) -> None:
     record = history[-1]
     log.info("round %d: sparsity %.3f accuracy %.4f", record["round"], record["sparsity"], record["accuracy"])
@@ -256,7 +266,8 @@ def _finish_round(folder: Path | None, rank0: bool, model: nn.Module, point: dic
         checkpoint.save(
             model, folder / f"round_{record['round']:03d}.pt", arch=arch, arch_kwargs=arch_kwargs,
             history=history, metadata={"lottery": _jsonable(cfg.to_dict())},
-            extra={"round": record["round"], "rewind_point": point, "pruner": pruner.state_dict(), "rng": rng_state()},
+            extra={"round": record["round"], "rewind_point": point, "pruner": pruner.state_dict(), "rng": rng_state(),
+                   "optimizer": optimizer_state},
         )
     if on_round_end is not None:
         on_round_end(record)

@@ -209,6 +209,7 @@ def fit(
     ddp: bool = False,
     progress: bool | None = None,
     on_epoch_end: EpochCallback | None = None,
+    on_train_end: Callable[[torch.optim.Optimizer], None] | None = None,
     **overrides: Any,
 ) -> list[dict[str, Any]]:
     """Train ``model`` in place and return the per-epoch history.
@@ -222,6 +223,7 @@ def fit(
             ``torchrun``); the loaders must then use a ``DistributedSampler``.
         progress: progress bars (``None``: only on an interactive terminal).
         on_epoch_end: called as ``on_epoch_end(epoch, record)`` after each epoch.
+        on_train_end: called with the optimizer after the last epoch (e.g. to checkpoint its state).
 
     Returns:
         One dict per epoch: ``epoch, lr, train_loss, train_accuracy, [test_loss, test_accuracy], seconds``.
@@ -260,4 +262,6 @@ def fit(
         history.append(record)
         if on_epoch_end is not None:
             on_epoch_end(epoch, record)
+    if on_train_end is not None:
+        on_train_end(optimizer)
     return history

@@ -13,7 +13,7 @@ import pytest
 import torch
 from torch import nn
 
-from snnprune import lottery, models
+from snnprune import data, lottery, models
 from snnprune.lottery import LotteryConfig, rewind, snapshot
 from snnprune.masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, weight_of
 from snnprune.train import TrainConfig
@@ -233,3 +233,14 @@ def test_kill_and_resume_matches_uninterrupted(tmp_path):
         for key in ("accuracy", "loss", "train_loss", "sparsity", "pruned_sparsity", "criteria"):
             assert ra[key] == rb[key], (ra["round"], key, ra[key], rb[key])
     assert "prob" in a["rounds"][-1]["criteria"]  # the statistics path was exercised
+
+
+def test_round_checkpoint_holds_everything_to_inspect_or_resume(tmp_path):
+    train_loader, test_loader = data.loaders("digits", batch_size=256)
+    cfg = lottery.LotteryConfig(method="IMP", rounds=1, rate=0.5, epochs=1, rewind_epoch=0, epochs_per_round=1)
+    lottery.run(models.build("mlp", hidden=(16,)), train_loader, test_loader, cfg, checkpoint_dir=tmp_path,
+                progress=False)
+    ck = torch.load(tmp_path / "round_001.pt", weights_only=True)
+    assert set(ck["extra"]) == {"round", "rewind_point", "pruner", "rng", "optimizer"}
+    assert ck["extra"]["optimizer"]["state"] and ck["extra"]["optimizer"]["param_groups"]
+    assert ck["masks"] and [h["round"] for h in ck["history"]] == [0, 1]
