@@ -7,8 +7,10 @@ linear layer's ``[B, F]`` is ``[B, F, 1]``) and reduces over B and S per channel
 * :func:`membrane_moments`: count, shifted sums and a histogram of the membrane potential in one
   fused pass: ``s1 = sum (u - K_c)``, ``s2 = sum (u - K_c)^2`` with a per-channel shift K_c (the
   threshold) so the variance ``(s2 - s1^2/n)/n`` keeps its precision in float64, and
-  ``hist[c, floor((u - lo_c) / width_c)] += 1`` for values inside the window (and, given the
-  neuron's spikes, their per-channel sums, read in the same pass).
+  ``hist[c, floor((u - lo_c) / width_c)] += 1`` for values inside the window, and optionally the
+  neuron's spike count per channel in the same pass: either summed from its spike tensor or, for a
+  neuron that fires exactly when ``u > K_c``, counted from ``u`` itself (one comparison per value
+  instead of reading a second tensor as large as ``u``).
 
 The Numba kernels (``@njit(parallel=True, cache=True)``, threads over channels) run on CPU
 tensors; the torch versions run on any device and are the reference the Numba kernels are tested
@@ -38,7 +40,7 @@ class MomentsBatch:
     s1: Tensor
     s2: Tensor
     hist: Tensor
-    spikes: Tensor | None = None  # per-channel sums of the optional ``spikes`` tensor
+    spikes: Tensor | None = None  # per-channel spike counts (``spikes`` sums, or ``u > shift`` counts)
 
 
 def as_bcs(x: Tensor, channel_dim: int = 1) -> Tensor:
@@ -104,6 +106,20 @@ def _nb_row_sums(row: np.ndarray, k: float) -> tuple[float, float]:  # pragma: n
     return a1, a2
 
 
+@numba.njit(cache=True, fastmath=_SUM_FLAGS)
+def _nb_row_sums_above(row: np.ndarray, k: float) -> tuple[float, float, float]:  # pragma: no cover - compiled
+    """Shifted sums of ``row`` and the number of its values strictly above ``k``."""
+    a1 = 0.0
+    a2 = 0.0
+    above = 0.0
+    for s in range(row.shape[0]):
+        d = np.float64(row[s]) - k  # exact sign: d > 0 iff row[s] > k
+        a1 += d
+        a2 += d * d
+        above += 1.0 if d > 0.0 else 0.0
+    return a1, a2, above
+
+
 @numba.njit(cache=True)
 def _nb_bin(v: float, low: float, iw: float, top: float) -> int:  # pragma: no cover - compiled
     """Extended bin of ``v``: 0 below the window (or NaN), 1..nbins inside, nbins+1 above."""
@@ -122,14 +138,16 @@ def _nb_row_bins(row: np.ndarray, low: float, iw: float, top: float, out: np.nda
 @numba.njit(parallel=True, cache=True)
 def _nb_moments_hist(
     x: np.ndarray, shift: np.ndarray, lo: np.ndarray, inv_width: np.ndarray, hist: np.ndarray,
-    spk: np.ndarray, spk_sums: np.ndarray,
+    spk: np.ndarray, spk_sums: np.ndarray, count_above: bool,
 ) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - compiled
-    """Moments and histogram of ``x``; if ``spk`` has ``x``'s shape, also ``spk_sums[c] += sum spk[:, c]``
-    in the same pass (pass an empty ``spk`` otherwise)."""
+    """Moments and histogram of ``x``, and in the same pass: if ``spk`` has ``x``'s shape,
+    ``spk_sums[c] += sum spk[:, c]`` (pass an empty ``spk`` otherwise); else if ``count_above``,
+    ``spk_sums[c] += #{x[:, c] > shift[c]}``."""
     b_size, c_size, s_size = x.shape
     nbins = hist.shape[1]
     top = float(nbins)
     count_spikes = spk.shape == x.shape
+    count_above = count_above and not count_spikes
     s1 = np.zeros(c_size, dtype=np.float64)
     s2 = np.zeros(c_size, dtype=np.float64)
     if s_size < _SHORT_ROW:  # e.g. a linear layer's [B, F, 1]: blocks of channels, memory in order
@@ -147,6 +165,8 @@ def _nb_moments_hist(
                         ext[c, _nb_bin(v, lo[c], inv_width[c], top)] += 1
                         if count_spikes:
                             spk_sums[c] += spk[b, c, s]
+                        elif count_above and d > 0.0:
+                            spk_sums[c] += 1.0
             for c in range(c0, c1):
                 for j in range(nbins):
                     hist[c, j] += ext[c, j + 1]
@@ -162,7 +182,11 @@ def _nb_moments_hist(
         idx = np.empty(s_size, dtype=np.int64)
         for b in range(b_size):
             row = x[b, c]
-            r1, r2 = _nb_row_sums(row, k)
+            if count_above:
+                r1, r2, r3 = _nb_row_sums_above(row, k)
+                a3 += r3
+            else:
+                r1, r2 = _nb_row_sums(row, k)
             a1 += r1
             a2 += r2
             if count_spikes:
@@ -174,7 +198,7 @@ def _nb_moments_hist(
             hist[c, j] += local[0, j + 1] + local[1, j + 1] + local[2, j + 1] + local[3, j + 1]
         s1[c] = a1
         s2[c] = a2
-        if count_spikes:
+        if count_spikes or count_above:
             spk_sums[c] += a3
     return s1, s2
 
@@ -203,7 +227,7 @@ def channel_sums(x: Tensor, *, backend: str = "auto") -> Tensor:
 
 def membrane_moments(
     x: Tensor, shift: Tensor, lo: Tensor, width: Tensor, nbins: int, *, spikes: Tensor | None = None,
-    backend: str = "auto",
+    count_above: bool = False, backend: str = "auto",
 ) -> MomentsBatch:
     """Count, shifted sums and window histogram of ``x [B, C, S]`` per channel.
 
@@ -212,9 +236,12 @@ def membrane_moments(
         nbins: number of bins; bin i covers ``[lo + i*width, lo + (i+1)*width)``.
         spikes: optional tensor shaped like ``x`` (the neuron's spikes) whose per-channel sums are
             returned as ``MomentsBatch.spikes``, read in the same pass.
+        count_above: without ``spikes``, return ``#{x[:, c] > shift_c}`` as ``MomentsBatch.spikes``
+            (the spike count of a neuron that fires when ``u > u_th`` and ``shift`` is ``u_th``).
     """
     if spikes is not None and spikes.shape != x.shape:
         raise ValueError(f"spikes {list(spikes.shape)} must have the shape of x {list(x.shape)}")
+    count_above = count_above and spikes is None
     count = torch.full((x.shape[1],), float(x.shape[0] * x.shape[2]), dtype=torch.float64, device=x.device)
     if _use_numba(x, backend) and (spikes is None or _use_numba(spikes, backend)):
         arr = x.detach().contiguous().numpy()
@@ -225,10 +252,12 @@ def membrane_moments(
         spk_sums = np.zeros(x.shape[1], dtype=np.float64)
         s1, s2 = _nb_moments_hist(
             arr, shift.cpu().numpy(), lo.cpu().numpy(), (1.0 / width).cpu().numpy(), hist, spk, spk_sums,
+            count_above,
         )
+        counted = spikes is not None or count_above
         return MomentsBatch(count, torch.from_numpy(s1), torch.from_numpy(s2), torch.from_numpy(hist).double(),
-                            torch.from_numpy(spk_sums) if spikes is not None else None)
-    return torch_membrane_moments(x, shift, lo, width, nbins, spikes=spikes)
+                            torch.from_numpy(spk_sums) if counted else None)
+    return torch_membrane_moments(x, shift, lo, width, nbins, spikes=spikes, count_above=count_above)
 
 
 # ----------------------------------------------------------------------------- torch reference
@@ -239,7 +268,8 @@ def torch_channel_sums(x: Tensor) -> Tensor:
 
 
 def torch_membrane_moments(
-    x: Tensor, shift: Tensor, lo: Tensor, width: Tensor, nbins: int, *, spikes: Tensor | None = None
+    x: Tensor, shift: Tensor, lo: Tensor, width: Tensor, nbins: int, *, spikes: Tensor | None = None,
+    count_above: bool = False,
 ) -> MomentsBatch:
     """Same result as the Numba kernel, in plain torch (any device)."""
     v = x.detach().double().transpose(0, 1).reshape(x.shape[1], -1)  # [C, N]
@@ -253,6 +283,8 @@ def torch_membrane_moments(
     hist.index_add_(0, bins[inside], torch.ones_like(bins[inside], dtype=torch.float64))
     count = torch.full((v.shape[0],), float(v.shape[1]), dtype=torch.float64, device=dev)
     spike_sums = torch_channel_sums(spikes) if spikes is not None else None
+    if spike_sums is None and count_above:
+        spike_sums = (d > 0).sum(1).double()
     return MomentsBatch(count, d.sum(1), (d * d).sum(1), hist.view(v.shape[0], nbins), spike_sums)
 
 
@@ -292,7 +324,8 @@ def warmup(announce: bool = True) -> float:
     torch_threads = torch.get_num_threads()
     for dtype in (np.float32, np.float64):
         _nb_channel_sums(x.astype(dtype))
-        _nb_moments_hist(x.astype(dtype), one, one, one, np.zeros((1, 1), dtype=np.int64), x.astype(dtype), one)
+        _nb_moments_hist(x.astype(dtype), one, one, one, np.zeros((1, 1), dtype=np.int64), x.astype(dtype), one,
+                         False)
     # Numba's OpenMP layer starting up can reset the process-wide OpenMP thread count torch uses.
     torch.set_num_threads(torch_threads)
     _WARM = True

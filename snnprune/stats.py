@@ -244,11 +244,21 @@ class _Collector:
                     "s2": torch.zeros(channels, dtype=torch.float64),
                     "hist": torch.zeros(channels, self.hist_bins, dtype=torch.float64),
                     "spikes": torch.zeros(channels, dtype=torch.float64), "elements": 0.0,
+                    "fires_above_threshold": None,  # None: not yet established (see below)
                 }
             fires = isinstance(spikes, torch.Tensor) and spikes.shape == module.mem.shape
+            spikes = estimators.as_bcs(spikes, 1) if fires else None
+            count_above = fires and acc["fires_above_threshold"] is True
             batch = estimators.membrane_moments(u, acc["threshold"], acc["lo"], acc["width"], self.hist_bins,
-                                                spikes=estimators.as_bcs(spikes, 1) if fires else None,
+                                                spikes=None if count_above else spikes, count_above=count_above,
                                                 backend=self.backend)  # spikes counted in the same pass
+            if fires and acc["fires_above_threshold"] is None and bool(batch.spikes.any()):
+                # A neuron whose spikes are exactly 1 where u > u_th and 0 elsewhere (every snnTorch
+                # neuron with a scalar or per-channel threshold and ungraded spikes) has its later
+                # spikes counted from u in the moments pass, which saves reading the spike tensor.
+                # Checked once, on the first step with any spike; a mismatch keeps reading spikes.
+                th = acc["threshold"].to(u.device)[:, None]
+                acc["fires_above_threshold"] = torch.equal(spikes, (u > th).to(spikes.dtype))
             acc["count"] += batch.count.cpu()
             acc["s1"] += batch.s1.cpu()
             acc["s2"] += batch.s2.cpu()

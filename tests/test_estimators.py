@@ -102,6 +102,25 @@ def test_spike_counts_in_the_same_pass(shape, dtype):
         membrane_moments(x, shift, lo, width, 16, spikes=spikes[:, :1])
 
 
+@pytest.mark.parametrize("shape", [(4, 3, 1), (3, 5, 40), (2, 300, 1)])  # short rows, long rows, blocks
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_counts_above_shift_in_the_same_pass(shape, dtype):
+    shift, lo, width = _window(shape[1], nbins=16)
+    x = _values(shape, dtype, lo, width, 16, seed=3)  # values at bin edges and 1 ulp off them
+    x[0, :, 0] = shift.to(dtype)  # and exactly at the shift in every channel
+    expected = (x.double() > shift[None, :, None]).double().sum(dim=(0, 2))
+    ties = (x.double() == shift[None, :, None]).sum()
+    assert ties > 0 and 0 < expected.sum() < x.numel()  # the strict comparison is really exercised
+    a = membrane_moments(x, shift, lo, width, 16, count_above=True, backend="numba")
+    b = torch_membrane_moments(x, shift, lo, width, 16, count_above=True)
+    assert torch.equal(a.spikes, expected) and torch.equal(b.spikes, expected)
+    _assert_moments_equal(a, membrane_moments(x, shift, lo, width, 16, backend="numba"))
+    # a spike tensor, when given, takes precedence over counting
+    spikes = torch.ones_like(x)
+    both = membrane_moments(x, shift, lo, width, 16, spikes=spikes, count_above=True, backend="numba")
+    assert torch.equal(both.spikes, torch.full_like(expected, shape[0] * shape[2]))
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_bin_edges_are_binned_left_closed(dtype):
     """A value exactly on an edge lo + k*w goes to bin k; the window's upper end is outside."""

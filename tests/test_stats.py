@@ -235,6 +235,29 @@ def test_membrane_is_returned_mem():
     np.testing.assert_allclose(stats.input_rate("head").numpy(), s.mean(0).numpy(), rtol=1e-12)
 
 
+@pytest.mark.parametrize("graded", [1.0, 2.0])
+def test_spike_counts_equal_the_spike_tensor(graded):
+    """Spike counts equal the sums of the neuron's spike tensor, whether collect_stats counts
+    u > u_th (a neuron that fires exactly there) or reads the tensor (graded spikes)."""
+    torch.manual_seed(0)
+    model = Tiny(steps=6)
+    model.lif = snn.Leaky(beta=0.8, threshold=0.5, graded_spikes_factor=graded)
+    with torch.no_grad():
+        model.fc.weight.uniform_(0, 0.6)
+    batches = [torch.zeros(3, 3), torch.rand(8, 3), torch.rand(5, 3)]  # no spike in the first batch
+    spikes = []
+    handle = model.lif.register_forward_hook(lambda m, a, out: spikes.append(out[0]))
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    handle.remove()
+    s = torch.cat(spikes).double()
+    assert s.max() == graded
+    for backend in ("numba", "torch"):
+        m = collect_stats(model, batches, backend=backend).membrane["lif"]
+        assert torch.equal(m.spikes, s.sum(0)), backend
+
+
 # ----------------------------------------------------------------------------- model styles
 
 
