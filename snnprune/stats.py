@@ -7,7 +7,9 @@ For every prunable layer, over samples, time steps and spatial positions:
 * for the spiking neuron the layer feeds (see :mod:`snnprune.structure`), per output channel j:
   count, mean mu_j and variance var_j of the membrane potential u (the pre-threshold value,
   METHOD.md section 1), and a histogram of u in a window around the threshold u_th;
-* spike counts of every neuron (firing rates, SynOps).
+* spike counts of every neuron (firing rates, SynOps): the sums of its spike tensor, or, once
+  a step has shown that its spikes are exactly ``u > u_th`` (ungraded snnTorch neurons), counted
+  from u in the same pass.
 
 Everything is a sufficient statistic of fixed size: memory does not grow with the number of
 batches. Two :class:`SpikeStats` merge exactly (sums add; moments by Chan et al.'s parallel
