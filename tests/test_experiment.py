@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import queue
 from pathlib import Path
 
 import numpy as np
@@ -244,6 +245,49 @@ def test_identical_configs_share_a_folder():
     e = config.parse(_tiny(seeds=[0, 1, 2]), "a.toml")
     assert {r.name for r in a.runs} < {r.name for r in e.runs}
     assert a.runs[0].name.startswith("digits-mlp-IMP-seed0-")
+
+
+# ------------------------------------------------------------------------ worker processes and devices
+
+
+@pytest.mark.parametrize(("device", "cuda", "count", "jobs", "expected"), [
+    ("cuda", True, 3, 4, ["cuda:0", "cuda:1", "cuda:2", "cuda:0"]),
+    ("auto", True, 2, 2, ["cuda:0", "cuda:1"]),
+    (None, True, 2, 3, ["cuda:0", "cuda:1", "cuda:0"]),
+    ("cuda", True, 1, 2, ["cuda", "cuda"]),  # one GPU: shared
+    ("cuda:1", True, 4, 2, ["cuda:1", "cuda:1"]),  # an explicit index is kept
+    ("cpu", True, 4, 2, ["cpu", "cpu"]),
+    (None, False, 0, 2, [None, None]),
+])
+def test_job_devices_spread_workers_over_gpus(monkeypatch, device, cuda, count, jobs, expected):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    assert runner.job_devices(device, jobs) == expected
+
+
+def test_a_worker_runs_every_run_on_the_device_it_claimed(monkeypatch):
+    devices = queue.Queue()
+    devices.put("cuda:1")
+    monkeypatch.setattr(runner, "_worker_device", None)
+    runner._claim_device(devices)
+    seen = []
+    monkeypatch.setattr(runner, "run_one", lambda spec, out, device, data_io, threads: seen.append(device) or {})
+    spec = config.parse(_tiny(), "tiny.toml").runs[0]
+    runner._run_in_worker(spec, "out", None, 1)
+    runner._run_in_worker(spec, "out", None, 1)
+    assert seen == ["cuda:1", "cuda:1"] and devices.empty()
+
+
+def test_jobs_2_runs_the_grid_in_spawned_workers(tmp_path):
+    exp = config.parse(_tiny(seeds=[0]), "tiny.toml")  # IMP and SF-IMP-1: two runs, two workers
+    statuses = runner.run_experiment(exp, tmp_path, jobs=2, device="cpu", report=False)
+    assert sorted(s["status"] for s in statuses) == ["done", "done"]
+    for spec in exp.runs:
+        folder = tmp_path / spec.name
+        assert json.loads((folder / runner.DONE).read_text())["device"] == "cpu"
+        assert _rounds(folder) == [0, 1, 2]
+    again = runner.run_experiment(exp, tmp_path, jobs=2, device="cpu", report=False)
+    assert [s["status"] for s in again] == ["skipped", "skipped"]
 
 
 # ----------------------------------------------------------------------------------- CIFAR configs

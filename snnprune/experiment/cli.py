@@ -22,7 +22,8 @@ def experiment() -> None:
 @experiment.command("run")
 @click.argument("config_path", metavar="CONFIG.toml", type=click.Path(path_type=Path))
 @click.option("--jobs", "-j", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Runs in parallel (processes); each gets max(1, cores // jobs) torch threads.")
+              help="Runs in parallel (processes); each gets max(1, cores // jobs) torch threads and, "
+                   "with several GPUs and device cuda, its own GPU (round-robin).")
 @click.option("--out", "-o", type=click.Path(path_type=Path), default=None,
               help="Output folder (default: the config's `out`, else runs/<config name>).")
 @click.option("--device", default=None, help="cpu, cuda, cuda:1 ... (default: the config's, else CUDA if available).")

@@ -6,7 +6,12 @@
 * ``results.jsonl``: one JSON line per round (IMP) or one line (edge-popup, dense reference) with
   ``method, seed, round, sparsity, accuracy, loss, firing_rate, synops, macs, seconds`` and more;
 * ``checkpoints/round_XXX.pt`` (IMP, :func:`snnprune.lottery.run`'s ``checkpoint_dir``) or ``model.pt``;
-* ``done.json`` once the run has finished (a finished run is skipped when the config is run again).
+* ``done.json`` once the run has finished, with its wall time and device (a finished run is skipped
+  when the config is run again).
+
+With ``jobs > 1`` each worker process keeps one device for all its runs: on a machine with several
+GPUs and an unindexed ``cuda`` (or ``auto``) device, worker i gets ``cuda:(i mod #GPUs)`` (see
+:func:`job_devices`).
 
 An unfinished IMP run resumes from its last round file; ``results.jsonl`` is then rewritten from the
 rounds that checkpoint holds (lines of rounds it lacks are dropped, lines it lacks are recomputed
@@ -39,6 +44,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ..utils import resolve_device
 from .config import Experiment, RunSpec
 
 log = logging.getLogger(__name__)
@@ -46,7 +52,7 @@ log = logging.getLogger(__name__)
 RESULTS = "results.jsonl"
 DONE = "done.json"
 
-__all__ = ["RESULTS", "DONE", "read_results", "run_experiment", "run_one"]
+__all__ = ["RESULTS", "DONE", "job_devices", "read_results", "run_experiment", "run_one"]
 
 
 # ----------------------------------------------------------------------------------------- helpers
@@ -210,6 +216,32 @@ def _run_single(spec: RunSpec, folder: Path, device: str | None, data_io: dict[s
     _write_results(folder, {0: line})
 
 
+def job_devices(device: str | None, jobs: int) -> list[str | None]:
+    """The device of each of ``jobs`` worker processes.
+
+    An unindexed ``cuda`` (or ``auto``/``None`` where CUDA is available) with several visible GPUs is
+    spread round-robin: ``cuda:0, cuda:1, ..., cuda:0, ...``; any other device is shared by all.
+    """
+    wants_cuda = device == "cuda" or (device in (None, "auto") and torch.cuda.is_available())
+    count = torch.cuda.device_count() if wants_cuda else 0
+    if count > 1:
+        return [f"cuda:{i % count}" for i in range(jobs)]
+    return [device] * jobs
+
+
+_worker_device: str | None = None  # set once per worker process by _claim_device
+
+
+def _claim_device(devices: Any) -> None:
+    """Worker initializer: take this process's device from the shared queue."""
+    global _worker_device
+    _worker_device = devices.get()
+
+
+def _run_in_worker(spec: RunSpec, out: str | Path, data_io: dict[str, Any] | None, threads: int) -> dict[str, Any]:
+    return run_one(spec, out, _worker_device, data_io, threads)
+
+
 def run_one(spec: RunSpec, out: str | Path, device: str | None = None,
             data_io: dict[str, Any] | None = None, threads: int | None = None) -> dict[str, Any]:
     """Run (or skip, or resume) one run in ``out/<spec.name>``; returns its status dict.
@@ -238,8 +270,9 @@ def run_one(spec: RunSpec, out: str | Path, device: str | None = None,
                 "seconds": time.perf_counter() - started}
     seconds = time.perf_counter() - started
     (folder / "error.log").unlink(missing_ok=True)
-    _write_json(folder / DONE, {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")})
-    return {**status, "status": "resumed" if resumed else "done", "seconds": seconds}
+    used = str(resolve_device(device))
+    _write_json(folder / DONE, {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), "device": used})
+    return {**status, "status": "resumed" if resumed else "done", "seconds": seconds, "device": used}
 
 
 def _set_threads(threads: int) -> None:
@@ -260,7 +293,8 @@ def run_experiment(exp: Experiment, out: str | Path, *, jobs: int = 1, device: s
     """Run every run of ``exp`` under ``out``; finished runs are skipped, unfinished ones resumed.
 
     ``jobs > 1`` runs independent runs in that many spawned processes with
-    ``max(1, cores // jobs)`` torch threads each; ``jobs == 1`` runs them in this process.
+    ``max(1, cores // jobs)`` torch threads each, spread over the visible GPUs as
+    :func:`job_devices` says; ``jobs == 1`` runs them in this process.
     Writes ``out/experiment.json`` and, if ``report``, the report (:mod:`.report`). Returns one
     status dict per run (``done``, ``resumed``, ``skipped`` or ``failed``).
     """
@@ -285,8 +319,12 @@ def run_experiment(exp: Experiment, out: str | Path, *, jobs: int = 1, device: s
     else:
         threads = max(1, (os.cpu_count() or 1) // jobs)
         ctx = multiprocessing.get_context("spawn")
-        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx) as pool:
-            futures = {pool.submit(run_one, spec, out, device, exp.data_io, threads): spec for spec in exp.runs}
+        devices = ctx.Queue()
+        for d in job_devices(device, jobs):
+            devices.put(d)
+        with ProcessPoolExecutor(max_workers=jobs, mp_context=ctx, initializer=_claim_device,
+                                 initargs=(devices,)) as pool:
+            futures = {pool.submit(_run_in_worker, spec, out, exp.data_io, threads): spec for spec in exp.runs}
             for fut in as_completed(futures):
                 try:
                     note(fut.result())
