@@ -720,16 +720,12 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
                   pruner_kw: dict[str, Any], output: Path, arch: str | None, arch_kwargs: dict[str, Any] | None,
                   *, criterion: str, sparsity: float, rounds: int, epochs_per_round: int,
                   rewind_epoch: int | None, scope: str, lr: float, source: Path) -> tuple[Any, float, list[dict]]:
-    """K rounds of: prune p of the remaining weights, [rewind], fine-tune N epochs, checkpoint.
-
-    Each finished round is saved atomically as ``OUT.rounds/round_XXX.pt`` (model with masks, pruner
-    state, rewind point, metrics); a rerun with the same settings resumes after the last one.
-    """
+    """K rounds of :func:`snnprune.lottery.prune_in_rounds` with its round files in ``OUT.rounds/``;
+    a rerun with the same settings resumes after the last finished round."""
     global _interrupt_hint
-    from . import checkpoint
-    from .lottery import rewind
+    from .lottery import prune_in_rounds
     from .pruner import Pruner
-    from .train import TrainConfig, fit
+    from .train import TrainConfig
 
     folder = _rounds_dir(output)
     settings = {"input": str(source), "criterion": criterion, "sparsity": sparsity, "rounds": rounds,
@@ -745,27 +741,13 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
                           f"`snnprune train --rewind-epoch {rewind_epoch}`, or leave out --rewind-epoch to "
                           "fine-tune from the loaded weights")
         point = {k: v.to(env.device) for k, v in point.items()}
-    done = sorted(folder.glob("round_[0-9][0-9][0-9].pt")) if folder.is_dir() else []
     pruner = Pruner(model, **pruner_kw)
-    records: list[dict[str, Any]] = []
-    start = 1
-    if done:
-        last = checkpoint.load(done[-1], map_location="cpu")
-        saved = last.metadata.get("cli_prune")
-        if saved != settings:
-            raise Failure(f"{folder} holds an unfinished run with other settings ({saved}); rerun with the same "
-                          "options to resume it, or delete the folder to start afresh")
-        _copy_masked(last.model, model)
-        pruner.load_state_dict(last.extra["pruner"])
-        records = list(last.extra["records"])
-        acc_before = float(last.extra["accuracy_before"])
-        start = int(last.extra["round"]) + 1
-        env.say(f"resuming from {done[-1]} (round {start - 1} of {rounds} done)")
+    amount = _amount(pruner.sparsity(), sparsity, rounds)
+
+    def resuming(path: Path, done: int) -> None:
+        env.say(f"resuming from {path} (round {done} of {rounds} done)")
         if not env.as_json and env.quiet:
-            click.echo(f"resuming from {done[-1]}", err=True)
-    else:
-        acc_before = env.evaluate(runner, test_loader)["accuracy"]
-    amount = float(last.extra["amount"]) if done else _amount(pruner.sparsity(), sparsity, rounds)
+            click.echo(f"resuming from {path}", err=True)
 
     def hint() -> str:
         files = sorted(folder.glob("round_[0-9][0-9][0-9].pt")) if folder.is_dir() else []
@@ -774,46 +756,26 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
         return (f"{output} not written; finished rounds are kept in {folder} ({files[-1].name}): rerun the "
                 "same command to resume")
 
+    def round_done(rec: dict[str, Any]) -> None:
+        env.say(f"round {rec['round']}/{rounds}: sparsity {_pct(rec['sparsity'])}, accuracy after pruning "
+                f"{_pct(rec['accuracy_pruned'])}, after fine-tuning {_pct(rec['accuracy'])} ({rec['seconds']:.1f} s)")
+
     _interrupt_hint = hint
-    env.say(f"accuracy before pruning {_pct(acc_before)}; {rounds} rounds of {100 * amount:.1f}% of the remaining "
-            f"weights, {epochs_per_round} fine-tuning epochs each"
-            + (f", rewinding to epoch {rewind_epoch}" if rewind_epoch is not None else ""))
-    cfg = TrainConfig(epochs=epochs_per_round, lr=lr, seed=env.seed)
-    if rewind_epoch is None:
-        point = None
-    for k in range(start, rounds + 1):
-        started = time.perf_counter()
-        generator = getattr(train_loader, "generator", None)
-        if generator is not None:  # each round depends on (seed, k) alone: a resumed run matches
-            generator.manual_seed(env.seed + k)
-        pruner.step(amount, data=train_loader)
-        acc_pruned = env.evaluate(runner, test_loader)["accuracy"]
-        if point is not None:
-            rewind(model, point)
-        fit(runner, train_loader, None, cfg, seed=env.seed + k, device=env.device, progress=env.progress,
-            ddp=env.distributed)
-        acc = env.evaluate(runner, test_loader)["accuracy"]
-        rec = {"round": k, "sparsity": pruner.sparsity(), "accuracy_pruned": acc_pruned, "accuracy": acc,
-               "seconds": time.perf_counter() - started}
-        records.append(rec)
-        if not env.main_process:
-            continue
-        folder.mkdir(exist_ok=True)
-        checkpoint.save(model, folder / f"round_{k:03d}.pt", arch=arch, arch_kwargs=arch_kwargs,
-                        history=records, metadata={"cli_prune": settings},
-                        extra={"round": k, "pruner": pruner.state_dict(), "records": records,
-                               "accuracy_before": acc_before, "amount": amount})
-        env.say(f"round {k}/{rounds}: sparsity {_pct(rec['sparsity'])}, accuracy after pruning "
-                f"{_pct(acc_pruned)}, after fine-tuning {_pct(acc)} ({rec['seconds']:.1f} s)")
+    env.say(f"{rounds} rounds of {100 * amount:.1f}% of the remaining weights, {epochs_per_round} fine-tuning "
+            "epochs each" + (f", rewinding to epoch {rewind_epoch}" if rewind_epoch is not None else ""))
+    try:
+        result = prune_in_rounds(
+            model, pruner, train_loader, test_loader, amount=amount, rounds=rounds,
+            train=TrainConfig(epochs=epochs_per_round, lr=lr, seed=env.seed), seed=env.seed, rewind_point=point,
+            net=runner, checkpoint_dir=folder, settings=settings, arch=arch, arch_kwargs=arch_kwargs,
+            device=env.device, ddp=env.distributed, progress=env.progress, on_resume=resuming,
+            on_round_end=round_done)
+    except ValueError as err:
+        if "unfinished run with other settings" in str(err):
+            raise Failure(str(err)) from None
+        raise
     _interrupt_hint = None
-    return pruner, acc_before, records
-
-
-def _copy_masked(src: Any, dst: Any) -> None:
-    """Copy weights and masks of ``src`` (a loaded round checkpoint) into ``dst`` in place."""
-    from .masks import load_masked_state_dict, mask_spec
-
-    load_masked_state_dict(dst, src.state_dict(), mask_spec(src))
+    return pruner, result.accuracy_before, result.rounds
 
 
 # --------------------------------------------------------------------------------------------- info

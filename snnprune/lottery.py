@@ -19,6 +19,10 @@ pruner state, the round's final optimizer state, RNG states, metrics; a resumed 
 fresh optimizer, as Algorithm 1 does every round). A run restarted with the same
 ``checkpoint_dir`` resumes after its last finished round and, because every round is seeded from
 ``(seed, round)``, ends with the same masks and metrics as an uninterrupted run.
+
+:func:`prune_in_rounds` is the same loop for a model that is already trained (``snnprune prune
+--rounds``): no dense training, each round fine-tunes the current weights (or rewinds them to a
+given point), with the same round files and resume.
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ from torch import Tensor, nn
 
 from . import checkpoint
 from .distributed import is_main_process
-from .masks import get_masks, load_masked_state_dict, refresh, sparsity
+from .masks import get_masks, load_masked_state_dict, mask_spec, refresh, sparsity
 from .pruner import Pruner
 from .train import TrainConfig, evaluate, fit, seed_loader
 from .utils import rng_state, set_rng_state
@@ -238,6 +242,104 @@ def run(
         _finish_round(folder, rank0, model, point, pruner, optimizer_state, history, cfg, arch, arch_kwargs,
                       on_round_end)
     return LotteryResult(history, get_masks(model), resumed_from=start_round - 1 if resumed is not None else None)
+
+
+@dataclass
+class RoundsResult:
+    """What :func:`prune_in_rounds` did: one record per finished round and the dense accuracy."""
+
+    rounds: list[dict[str, Any]]
+    accuracy_before: float
+    resumed_from: int | None = None
+
+
+def prune_in_rounds(
+    model: nn.Module,
+    pruner: Pruner,
+    train_loader: Iterable[Any],
+    test_loader: Iterable[Any],
+    *,
+    amount: float,
+    rounds: int,
+    train: TrainConfig,
+    seed: int = 0,
+    rewind_point: dict[str, Tensor] | None = None,
+    net: nn.Module | None = None,
+    checkpoint_dir: str | Path | None = None,
+    settings: dict[str, Any] | None = None,
+    arch: str | None = None,
+    arch_kwargs: dict[str, Any] | None = None,
+    device: str | torch.device | None = None,
+    ddp: bool = False,
+    progress: bool | None = None,
+    on_resume: Callable[[Path, int], None] | None = None,
+    on_round_end: RoundCallback | None = None,
+) -> RoundsResult:
+    """Prune an already trained ``model`` in ``rounds`` rounds, retraining after each; in place.
+
+    Round k (1..K): remove ``amount`` of the remaining weights with ``pruner`` (calibration batches
+    from ``train_loader`` seeded with ``seed + k``), evaluate (``accuracy_pruned``), restore
+    ``rewind_point`` if given (see :func:`rewind`), train ``train.epochs`` epochs with seed ``seed + k``,
+    evaluate (``accuracy``). Round files ``checkpoint_dir/round_XXX.pt`` (model with masks, pruner
+    state, records, ``settings``) are written atomically; an existing one is resumed after its round,
+    with the same results as an uninterrupted run, provided ``settings`` are equal.
+
+    Args:
+        model, pruner: the model and the :class:`~snnprune.Pruner` over it.
+        net: the module trained and evaluated, if not ``model`` (e.g. a wrapper that runs a custom
+            forward); it must share ``model``'s parameters.
+        amount: fraction of the remaining weights removed per round.
+        settings: JSON-able description of the run stored in the round files; resuming a folder whose
+            files hold other settings raises ``ValueError``.
+        on_resume: called with (round file, last finished round) before resuming.
+        on_round_end: called with each round's record (``round, sparsity, accuracy_pruned, accuracy,
+            seconds``).
+    """
+    net = net if net is not None else model
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    rank0 = is_main_process()
+    train_kw = {"device": device, "ddp": ddp, "progress": progress}
+    records: list[dict[str, Any]] = []
+    start, resumed_from = 1, None
+    last = _latest_round(folder) if folder is not None else None
+    if last is not None:
+        saved = checkpoint.load(last, map_location="cpu")
+        if saved.metadata.get("prune_in_rounds") != settings:
+            raise ValueError(f"{folder} holds an unfinished run with other settings "
+                             f"({saved.metadata.get('prune_in_rounds')}); rerun with the same options to resume "
+                             "it, or delete the folder to start afresh")
+        load_masked_state_dict(model, saved.model.state_dict(), mask_spec(saved.model))
+        pruner.load_state_dict(saved.extra["pruner"])
+        records = list(saved.extra["records"])
+        accuracy_before = float(saved.extra["accuracy_before"])
+        amount = float(saved.extra["amount"])
+        resumed_from = int(saved.extra["round"])
+        start = resumed_from + 1
+        if on_resume is not None:
+            on_resume(last, resumed_from)
+    else:
+        accuracy_before = evaluate(net, test_loader, device=device, progress=progress)["accuracy"]
+    for k in range(start, rounds + 1):
+        started = time.perf_counter()
+        seed_loader(train_loader, seed + k)  # calibration batches depend on (seed, k) alone
+        pruner.step(amount, data=train_loader)
+        accuracy_pruned = evaluate(net, test_loader, device=device, progress=progress)["accuracy"]
+        if rewind_point is not None:
+            rewind(model, rewind_point)
+        fit(net, train_loader, None, train, seed=seed + k, **train_kw)
+        record = {"round": k, "sparsity": pruner.sparsity(), "accuracy_pruned": accuracy_pruned,
+                  "accuracy": evaluate(net, test_loader, device=device, progress=progress)["accuracy"],
+                  "seconds": time.perf_counter() - started}
+        records.append(record)
+        if folder is not None and rank0:
+            folder.mkdir(parents=True, exist_ok=True)
+            checkpoint.save(model, folder / f"round_{k:03d}.pt", arch=arch, arch_kwargs=arch_kwargs, history=records,
+                            metadata={"prune_in_rounds": settings},
+                            extra={"round": k, "pruner": pruner.state_dict(), "records": records,
+                                   "accuracy_before": accuracy_before, "amount": amount})
+        if on_round_end is not None:
+            on_round_end(record)
+    return RoundsResult(records, accuracy_before, resumed_from)
 
 
 def _round_record(model: nn.Module, test_loader: Iterable[Any], cfg: LotteryConfig, k: int,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -13,10 +14,10 @@ import pytest
 import torch
 from torch import nn
 
-from snnprune import data, lottery, models
+from snnprune import Pruner, data, lottery, models
 from snnprune.lottery import LotteryConfig, rewind, snapshot
 from snnprune.masks import get_masks, is_dynamic, is_masked, mask_of, set_mask, weight_of
-from snnprune.train import TrainConfig
+from snnprune.train import TrainConfig, fit
 
 WORKER = Path(__file__).with_name("lottery_worker.py")
 
@@ -244,3 +245,74 @@ def test_round_checkpoint_holds_everything_to_inspect_or_resume(tmp_path):
     assert set(ck["extra"]) == {"round", "rewind_point", "pruner", "rng", "optimizer"}
     assert ck["extra"]["optimizer"]["state"] and ck["extra"]["optimizer"]["param_groups"]
     assert ck["masks"] and [h["round"] for h in ck["history"]] == [0, 1]
+
+
+# ---------------------------------------------------------------------------- prune_in_rounds (trained model)
+
+
+def _trained(seed: int = 0) -> nn.Module:
+    model = _mlp(seed)
+    fit(model, _data(), None, TrainConfig(epochs=2, lr=1e-2), progress=False)
+    return model
+
+
+def _prune_in_rounds(model: nn.Module, folder: Path | None, **kw):
+    options = {"amount": 0.5, "rounds": 3, "train": TrainConfig(epochs=1, lr=1e-2), "seed": 3,
+               "settings": {"run": "a"}, **kw}
+    return lottery.prune_in_rounds(model, Pruner(model, "prob", calib_batches=2), _data(), _data(2, seed=1),
+                                   checkpoint_dir=folder, progress=False, **options)
+
+
+def _without_seconds(records: list[dict]) -> list[dict]:
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
+
+
+def test_prune_in_rounds_schedule_crash_and_resume(tmp_path):
+    trained = _trained()
+    reference = copy.deepcopy(trained)
+    ref = _prune_in_rounds(reference, tmp_path / "ref")
+    assert [r["round"] for r in ref.rounds] == [1, 2, 3] and ref.resumed_from is None
+    sizes = {n: m.weight.numel() for n, m in _pruned_layers(reference).items()}
+    for record in ref.rounds:
+        assert record["sparsity"] == pytest.approx(1 - 0.5 ** record["round"], abs=3 / sum(sizes.values()))
+        assert 0 <= record["accuracy_pruned"] <= 1 and 0 <= record["accuracy"] <= 1
+    masks = get_masks(reference)
+    for name, n in sizes.items():
+        assert abs(int(masks[f"{name}.weight"].sum()) - n * 0.5**3) <= 1
+
+    def crash(record: dict) -> None:
+        if record["round"] == 1:
+            raise RuntimeError("simulated crash after round 1")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        _prune_in_rounds(copy.deepcopy(trained), tmp_path / "crashed", on_round_end=crash)
+    assert [p.name for p in sorted((tmp_path / "crashed").glob("round_*.pt"))] == ["round_001.pt"]
+
+    resumed_model, seen = copy.deepcopy(trained), []
+    resumed = _prune_in_rounds(resumed_model, tmp_path / "crashed", on_resume=lambda path, k: seen.append((path.name, k)))
+    assert seen == [("round_001.pt", 1)] and resumed.resumed_from == 1
+    assert resumed.accuracy_before == ref.accuracy_before
+    assert _without_seconds(resumed.rounds) == _without_seconds(ref.rounds)
+    got = get_masks(resumed_model)
+    assert all(torch.equal(got[k], masks[k]) for k in masks)
+    torch.testing.assert_close(resumed_model.state_dict(), reference.state_dict(), rtol=0, atol=0)
+
+
+def test_prune_in_rounds_refuses_a_folder_with_other_settings(tmp_path):
+    _prune_in_rounds(_trained(), tmp_path, rounds=1)
+    with pytest.raises(ValueError, match="other settings"):
+        _prune_in_rounds(_trained(), tmp_path, rounds=2, settings={"run": "b"})
+
+
+@pytest.mark.parametrize("rewound", [False, True])
+def test_prune_in_rounds_fine_tunes_or_rewinds(monkeypatch, rewound):
+    point = snapshot(_mlp(0))  # the initialisation of the trained model
+    spy = _FitSpy(rewind_epoch=1)
+    monkeypatch.setattr(lottery, "fit", spy)
+    model = _trained()
+    _prune_in_rounds(model, None, rounds=2, rewind_point=point if rewound else None)
+    assert len(spy.starts) == 2
+    for state, masks, _ in spy.starts:
+        for key, mask in masks.items():
+            assert (state[key][~mask] == 0).all(), key
+            assert torch.equal(state[key][mask], point[key][mask]) == rewound, key
