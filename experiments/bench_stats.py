@@ -16,7 +16,9 @@ change in machine load hits all of them):
     of ``collect_stats``). Target <= 10%.
 
 "ratio" is the ratio of the medians (what the targets refer to); "ratio(min)" the ratio of the
-fastest repeats, less sensitive to other processes competing for the CPU.
+fastest repeats, less sensitive to other processes competing for the CPU; "paired" the median and
+range of the per-repeat ratios (the two sides of a repeat run back to back, so a slow spell of the
+machine mostly cancels).
 
 Options: ``--repeats N`` (default 5), ``--batches N`` for (a) (default 4), ``--threads N``
 (torch and Numba threads; default: as configured).
@@ -161,8 +163,10 @@ def main() -> None:
     def row(label: str, num: list[float], den: list[float], target: str, ok: Callable[[float], bool] | None,
             percent: bool = False) -> None:
         ratio, best = med(num) / med(den), low(num) / low(den)
+        paired = [n / d for n, d in zip(num, den)]
         fmt = (lambda r: f"{100 * r:.1f}%") if percent else (lambda r: f"{r:.3f}x")
-        rows.append((label, f"{med(num):.3f} s / {med(den):.3f} s", fmt(ratio), fmt(best), target,
+        rows.append((label, f"{med(num):.3f} s / {med(den):.3f} s", fmt(ratio), fmt(best),
+                     f"{fmt(med(paired))} [{fmt(min(paired))}, {fmt(max(paired))}]", target,
                      "-" if ok is None else ("yes" if ok(ratio) else "NO")))
 
     row("(a) collect_stats / plain forward, ch 64-128-256", a["stats"], a["plain"], "<= 1.1x", lambda r: r <= 1.1)
@@ -172,7 +176,7 @@ def main() -> None:
     row("(b) torch reference / numba fused", b["torch"], b["numba"], ">= 3x", lambda r: r >= 3)
     row(f"(c) score {c['weights'] / 1e6:.1f}M weights / calibration", c["score"], c["calibration"], "<= 10%",
         lambda r: r <= 0.10, percent=True)
-    header = ("measurement", "median times", "ratio", "ratio(min)", "target", "met")
+    header = ("measurement", "median times", "ratio", "ratio(min)", "paired [range]", "target", "met")
     table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for i, row in enumerate(table):
