@@ -723,7 +723,7 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
     """K rounds of :func:`snnprune.lottery.prune_in_rounds` with its round files in ``OUT.rounds/``;
     a rerun with the same settings resumes after the last finished round."""
     global _interrupt_hint
-    from .lottery import prune_in_rounds
+    from .lottery import RoundSettingsError, prune_in_rounds
     from .pruner import Pruner
     from .train import TrainConfig
 
@@ -770,10 +770,8 @@ def _prune_rounds(env: Env, ck: Any, model: Any, runner: Any, train_loader: Any,
             net=runner, checkpoint_dir=folder, settings=settings, arch=arch, arch_kwargs=arch_kwargs,
             device=env.device, ddp=env.distributed, progress=env.progress, on_resume=resuming,
             on_round_end=round_done)
-    except ValueError as err:
-        if "unfinished run with other settings" in str(err):
-            raise Failure(str(err)) from None
-        raise
+    except RoundSettingsError as err:
+        raise Failure(str(err)) from None
     _interrupt_hint = None
     return pruner, result.accuracy_before, result.rounds
 

@@ -244,6 +244,10 @@ def run(
     return LotteryResult(history, get_masks(model), resumed_from=start_round - 1 if resumed is not None else None)
 
 
+class RoundSettingsError(ValueError):
+    """A round folder holds an unfinished :func:`prune_in_rounds` run with other settings."""
+
+
 @dataclass
 class RoundsResult:
     """What :func:`prune_in_rounds` did: one record per finished round and the dense accuracy."""
@@ -290,7 +294,7 @@ def prune_in_rounds(
             forward); it must share ``model``'s parameters.
         amount: fraction of the remaining weights removed per round.
         settings: JSON-able description of the run stored in the round files; resuming a folder whose
-            files hold other settings raises ``ValueError``.
+            files hold other settings raises :class:`RoundSettingsError` (a ``ValueError``).
         on_resume: called with (round file, last finished round) before resuming.
         on_round_end: called with each round's record (``round, sparsity, accuracy_pruned, accuracy,
             seconds``).
@@ -305,7 +309,7 @@ def prune_in_rounds(
     if last is not None:
         saved = checkpoint.load(last, map_location="cpu")
         if saved.metadata.get("prune_in_rounds") != settings:
-            raise ValueError(f"{folder} holds an unfinished run with other settings "
+            raise RoundSettingsError(f"{folder} holds an unfinished run with other settings "
                              f"({saved.metadata.get('prune_in_rounds')}); rerun with the same options to resume "
                              "it, or delete the folder to start afresh")
         load_masked_state_dict(model, saved.model.state_dict(), mask_spec(saved.model))

@@ -300,7 +300,7 @@ def test_prune_in_rounds_schedule_crash_and_resume(tmp_path):
 
 def test_prune_in_rounds_refuses_a_folder_with_other_settings(tmp_path):
     _prune_in_rounds(_trained(), tmp_path, rounds=1)
-    with pytest.raises(ValueError, match="other settings"):
+    with pytest.raises(lottery.RoundSettingsError, match="other settings"):
         _prune_in_rounds(_trained(), tmp_path, rounds=2, settings={"run": "b"})
 
 
