@@ -98,7 +98,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             warnings.simplefilter("ignore")  # library warnings would break the one-line contract
         try:
             result = cli.main(args=args, prog_name="snnprune", standalone_mode=False)
-            _leave_process_group(wait=True)
+            if "torch.distributed" in sys.modules:  # (not imported: no process group, and --help stays fast)
+                from .distributed import shutdown
+
+                shutdown()  # under torchrun every rank waits for the others, then leaves the group
             return result if isinstance(result, int) else 0
         except click.exceptions.Exit as exc:
             return exc.exit_code
@@ -126,19 +129,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                 return 130
             click.echo(f"snnprune: error: {_error_message(exc)}", err=True)
             return 1
-
-
-def _leave_process_group(wait: bool) -> None:
-    """Under torchrun: let every rank finish (rank 0 may still be writing), then close the group.
-
-    A rank that exits with the group open aborts ("terminate called without an active exception").
-    """
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        if wait:
-            dist.barrier()
-        dist.destroy_process_group()
 
 
 # ------------------------------------------------------------------------------------------ options

@@ -6,6 +6,7 @@
     train, test = data.loaders("digits", distributed=distributed.is_distributed())
     lottery.run(models.build("mlp"), train, test, cfg, ddp=distributed.is_distributed(),
                 device=distributed.local_device(), checkpoint_dir="runs/x")
+    distributed.shutdown()                            # every rank, at the end
 
 Inside a round, training runs under DistributedDataParallel; :func:`snnprune.collect_stats`
 all-reduces its statistics, so every rank scores and masks identically; only rank 0 writes
@@ -56,3 +57,16 @@ def local_device() -> torch.device:
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return torch.device("cpu")
+
+
+def shutdown(wait: bool = True) -> None:
+    """Close the default process group, after a barrier unless ``wait`` is False.
+
+    The barrier lets every rank finish first (rank 0 may still be writing checkpoints): a rank
+    that tears its group down while another is still working aborts under gloo ("terminate called
+    without an active exception"). A no-op without a process group.
+    """
+    if dist.is_available() and dist.is_initialized():
+        if wait:
+            dist.barrier()
+        dist.destroy_process_group()

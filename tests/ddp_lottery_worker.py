@@ -23,7 +23,7 @@ def main(out: Path) -> None:
     torch.save({"masks": result.masks, "rounds": result.rounds,
                 "state": {k: v.clone() for k, v in model.state_dict().items() if "running" not in k}},
                out / f"rank{distributed.rank()}.pt")
-    torch.distributed.destroy_process_group()
+    distributed.shutdown()  # barrier first: rank 0 may still be writing round files
 
 
 if __name__ == "__main__":
